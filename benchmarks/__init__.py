@@ -1,0 +1,1 @@
+"""Benchmark suite (pytest-benchmark + scripts); results are recorded in RESULTS.md."""

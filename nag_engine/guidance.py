@@ -1,0 +1,147 @@
+"""Guidance plans: which passes of the network run at each model evaluation, and their weights.
+
+The guided prediction is a linear combination of passes of one network at the same x and t,
+`g = sum_p w_p * out_p` with `sum_p w_p = 1`:
+
+* CFG (`cfg_scale`, 1.0 = off):          out(t,c) + (s_cfg - 1) * [out(t,c) - out(t,null c)]
+* classifier-free NAG (`nag_scale`, 0 = off): out(t,c) + s_nag * [out(t,c) - out(null t,c)]
+
+Each scale can be limited to an interval of t; outside it the pass is not run at all. The plan
+is made on the host from the time grid before sampling, so the step loop never inspects
+tensor values to decide what to run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of the network: which conditions are replaced by their null embedding."""
+
+    name: str
+    drop_t: bool
+    drop_y: bool
+
+
+COND = Pass("cond", drop_t=False, drop_y=False)  # (t, c)
+UNCOND_CLASS = Pass("uncond_class", drop_t=False, drop_y=True)  # (t, null c)
+UNCOND_NOISE = Pass("uncond_noise", drop_t=True, drop_y=False)  # (null t, c)
+
+Interval = Optional[tuple[float, float]]
+
+
+def _check_scale(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _check_interval(name: str, interval: Interval) -> Interval:
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a pair (t_low, t_high) or None, got {interval!r}"
+        ) from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"{name} must satisfy 0 <= t_low <= t_high <= 1, got {interval!r}")
+    return (lo, hi)
+
+
+def _inside(t: float, interval: Interval) -> bool:
+    return interval is None or interval[0] <= t <= interval[1]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Guidance settings: CFG and classifier-free NAG scales with optional t intervals.
+
+    Intervals are closed, `(t_low, t_high)` in the time convention t = 0 data, t = 1 noise."""
+
+    cfg_scale: float = 1.0
+    nag_scale: float = 0.0
+    cfg_interval: Interval = None
+    nag_interval: Interval = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cfg_scale", _check_scale("cfg_scale", self.cfg_scale))
+        object.__setattr__(self, "nag_scale", _check_scale("nag_scale", self.nag_scale))
+        object.__setattr__(self, "cfg_interval", _check_interval("cfg_interval", self.cfg_interval))
+        object.__setattr__(self, "nag_interval", _check_interval("nag_interval", self.nag_interval))
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    @property
+    def uses_nag(self) -> bool:
+        return self.nag_scale != 0.0
+
+    def passes_at(self, t: float) -> tuple[tuple[Pass, ...], tuple[float, ...]]:
+        """The passes to run at time t (the conditional one first) and their weights."""
+        s, n = self.cfg_scale, self.nag_scale
+        cfg = self.uses_cfg and _inside(t, self.cfg_interval)
+        nag = self.uses_nag and _inside(t, self.nag_interval)
+        passes, weights = [COND], [1.0 + (s - 1.0 if cfg else 0.0) + (n if nag else 0.0)]
+        if cfg:
+            passes.append(UNCOND_CLASS)
+            weights.append(1.0 - s)
+        if nag:
+            passes.append(UNCOND_NOISE)
+            weights.append(-n)
+        return tuple(passes), tuple(weights)
+
+    def plan(self, times: Sequence[float]) -> GuidancePlan:
+        """The plan for model evaluations at the given times."""
+        entries = [self.passes_at(float(t)) for t in times]
+        return GuidancePlan(
+            passes=[p for p, _ in entries], weights=[w for _, w in entries], guidance=self
+        )
+
+
+@dataclass
+class GuidancePlan:
+    """Per model evaluation k: `passes[k]` (tuple of Pass) and `weights[k]` (floats, sum 1)."""
+
+    passes: list[tuple[Pass, ...]]
+    weights: list[tuple[float, ...]]
+    guidance: Guidance
+
+    @property
+    def max_passes(self) -> int:
+        return max(len(p) for p in self.passes)
+
+    def num_passes(self, k: int) -> int:
+        return len(self.passes[k])
+
+    def distinct_pass_sets(self) -> list[tuple[Pass, ...]]:
+        """Each distinct tuple of passes once, in order of first use."""
+        return list(dict.fromkeys(self.passes))
+
+    def weight_table(self, device: torch.device | str) -> torch.Tensor:
+        """float32 [evaluations, max_passes]; unused slots are zero."""
+        table = torch.zeros(len(self.weights), self.max_passes, dtype=torch.float64)
+        for k, w in enumerate(self.weights):
+            table[k, : len(w)] = torch.tensor(w, dtype=torch.float64)
+        return table.to(device=device, dtype=torch.float32)
+
+
+def combine_reference(outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """sum_p w_p * out_p in float32, accumulated in pass order (the reference for the kernels)."""
+    if len(outputs) != len(weights):
+        raise ValueError(f"{len(outputs)} outputs but {len(weights)} weights")
+    g = weights[0] * outputs[0].float()
+    for w, out in zip(weights[1:], outputs[1:]):
+        g = g + w * out.float()
+    return g

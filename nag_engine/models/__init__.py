@@ -1,0 +1,20 @@
+"""Reference networks (MLP, DiT), the exact Gaussian-mixture model and adapters."""
+
+from .analytic import GaussianMixtureModel, random_mixture, ring_mixture
+from .dit import DIT_CONFIGS, DiT, DiT_B_2, DiT_L_2, DiT_S_2, DiT_XL_2
+from .mlp import MLPDenoiser
+from .wrappers import FunctionDenoiser
+
+__all__ = [
+    "DIT_CONFIGS",
+    "DiT",
+    "DiT_B_2",
+    "DiT_L_2",
+    "DiT_S_2",
+    "DiT_XL_2",
+    "FunctionDenoiser",
+    "GaussianMixtureModel",
+    "MLPDenoiser",
+    "random_mixture",
+    "ring_mixture",
+]

@@ -1,0 +1,421 @@
+"""The batched sampling loop: one combined forward per model evaluation, static buffers.
+
+Per model evaluation k the sampler
+1. runs every guidance pass of the plan in ONE forward call on a preallocated input buffer
+   laid out pass-major ([P, B, ...]: rows p*B .. (p+1)*B - 1 are pass p),
+2. combines the passes and applies the solver update in one `guided_step`, which also writes the
+   next model input into the buffer (no torch.cat per step).
+Which passes run and every coefficient are fixed on the host before the loop; the loop never
+reads a tensor value back (non-finite states are flagged on the device and read once per batch),
+so it can later be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .guidance import Guidance, GuidancePlan, Pass
+from .noise import CounterNoise
+from .predictions import check_prediction
+from .schedules import Schedule, get_schedule, time_grid
+from .solvers import StageTable, build_stages, guided_step
+
+Tensor = torch.Tensor
+
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+class NonFiniteStateError(ValueError):
+    """The sampler state became NaN or infinite."""
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each sampling step. Tensors are views of the sampler's
+    buffers: copy them to keep them."""
+
+    step: int  # index of the step, 0 .. steps - 1
+    t: float  # time at the start of the step
+    t_next: float  # time at its end
+    x: Tensor  # state at t (float32, the current batch)
+    prediction: Tensor  # guided model output at (x, t), in the model's prediction type
+    x_next: Tensor  # state at t_next
+    batch_start: int  # global index of the batch's first sample
+
+
+def resolve_dtype(dtype: Union[None, str, torch.dtype], model: nn.Module) -> torch.dtype:
+    """The dtype the model runs in: given, else the dtype of its parameters, else float32."""
+    if dtype is None:
+        param = next(iter(model.parameters()), None)
+        return param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: choose one of 'fp32', 'bf16', 'fp16'")
+        return _DTYPES[dtype]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+EPS_LOG_SNR_MIN = -11.0
+
+
+def default_t_max(schedule: Schedule, prediction: str) -> float:
+    """Where sampling starts: t = 1, except for eps / score models on schedules whose log-SNR at
+    t = 1 is below EPS_LOG_SNR_MIN (-11; x0 = (x - sigma eps) / alpha is ill-posed as alpha -> 0):
+    those start where the log-SNR is -11 (DDPM's own linear schedule ends at -10.05)."""
+    if prediction in ("eps", "score") and float(schedule.log_snr(1.0)) < EPS_LOG_SNR_MIN:
+        return float(schedule.t_from_log_snr(EPS_LOG_SNR_MIN))
+    return 1.0
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+class Sampler:
+    """Reusable sampler for one model and one configuration (steps, solver, guidance).
+
+    The time grid, the stage coefficients and the guidance plan are built once; the static
+    buffers are kept per batch size, so repeated calls allocate nothing new."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        steps: int,
+        *,
+        solver: str = "euler",
+        schedule: Union[None, str, Schedule] = None,
+        cfg_scale: float = 1.0,
+        nag_scale: float = 0.0,
+        cfg_interval: Optional[tuple[float, float]] = None,
+        nag_interval: Optional[tuple[float, float]] = None,
+        time_shift: float = 1.0,
+        t_max: Optional[float] = None,
+        device: Union[None, str, torch.device] = None,
+        dtype: Union[None, str, torch.dtype] = None,
+        sample_shape: Optional[Sequence[int]] = None,
+        **solver_options: Any,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be an nn.Module, got {type(model).__name__}; wrap a plain function "
+                "with nag_engine.models.FunctionDenoiser"
+            )
+        self.model = model
+        self.steps = _check_positive_int("steps", steps)
+        self.prediction = check_prediction(
+            getattr(model, "prediction", "velocity"), "model.prediction"
+        )
+        schedule = schedule if schedule is not None else getattr(model, "schedule", "linear")
+        self.schedule = get_schedule(schedule)
+        self.guidance = Guidance(cfg_scale, nag_scale, cfg_interval, nag_interval)
+        self.num_classes: Optional[int] = getattr(model, "num_classes", None) or None
+        if self.guidance.uses_nag and not getattr(model, "supports_noise_dropout", False):
+            raise ValueError(
+                f"nag_scale={nag_scale} needs a model trained with noise-condition dropout "
+                "(model.supports_noise_dropout is not True); use nag_scale=0.0 or a NAG checkpoint"
+            )
+        if self.guidance.uses_cfg and self.num_classes is None:
+            raise ValueError(
+                f"cfg_scale={cfg_scale} needs a class-conditional model, but the model declares "
+                "no num_classes; use cfg_scale=1.0"
+            )
+        self.t_max = default_t_max(self.schedule, self.prediction) if t_max is None else t_max
+        self.grid = time_grid(self.steps, shift=time_shift, t_max=self.t_max)
+        self.solver = solver
+        self.stages: StageTable = build_stages(
+            solver, self.schedule, self.prediction, self.grid, **solver_options
+        )
+        self.plan: GuidancePlan = self.guidance.plan(self.stages.t)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.dtype = resolve_dtype(dtype, model)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self._coef = self.stages.tensors(self.device)
+        self._weights = self.plan.weight_table(self.device)
+        self._step_ids = torch.arange(self.steps, device=self.device)
+        self._buffers: dict[tuple, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ input checks
+    def _resolve_shape(self, latents: Optional[Tensor]) -> tuple[int, ...]:
+        if latents is not None:
+            return tuple(latents.shape[1:])
+        shape = self.sample_shape or getattr(self.model, "sample_shape", None)
+        if shape is None:
+            raise ValueError(
+                "cannot tell the sample shape: the model has no `sample_shape`; pass "
+                "sample_shape=(...) to the Sampler or bring your own latents"
+            )
+        return tuple(shape)
+
+    def _check_labels(self, y: Any, n: int) -> Optional[Tensor]:
+        if y is None:
+            if self.guidance.uses_cfg:
+                raise ValueError(
+                    f"cfg_scale={self.guidance.cfg_scale} needs class labels: pass y "
+                    "(an int or n class ids) or use cfg_scale=1.0"
+                )
+            return None
+        if self.num_classes is None:
+            raise ValueError("y was given but the model is unconditional (no num_classes)")
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.full((n,), y, dtype=torch.long)
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
+        if y.shape != (n,):
+            raise ValueError(
+                f"y must have shape ({n},) (one label per sample), got {tuple(y.shape)}"
+            )
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(
+                f"y must lie in [0, {self.num_classes}) for this model, got values in "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+        return y.to(self.device, torch.long)
+
+    # ------------------------------------------------------------------ buffers
+    def _get_buffers(self, batch: int, shape: tuple[int, ...], labelled: bool) -> dict[str, Any]:
+        key = (batch, shape, labelled)
+        if key in self._buffers:
+            return self._buffers[key]
+        rows = self.plan.max_passes * batch
+        dev = self.device
+        bufs: dict[str, Any] = {
+            "x": torch.empty(batch, *shape, device=dev, dtype=torch.float32),
+            "x_in": torch.empty(rows, *shape, device=dev, dtype=self.dtype),
+            "t_in": torch.empty(rows, device=dev, dtype=torch.float32),
+            "y_in": torch.empty(rows, device=dev, dtype=torch.long) if labelled else None,
+            "g_prev": torch.zeros(batch, *shape, device=dev) if self.stages.uses_g_prev else None,
+            "index": torch.empty(batch, device=dev, dtype=torch.long),
+            "flags": {},
+        }
+        for passes in self.plan.distinct_pass_sets():
+            bufs["flags"][passes] = self._drop_flags(passes, batch, labelled)
+        self._buffers[key] = bufs
+        return bufs
+
+    def _drop_flags(self, passes: tuple[Pass, ...], batch: int, labelled: bool):
+        """(drop_t, drop_y) bool row tensors for a pass set, None where no row drops."""
+
+        def column(attr: str) -> Optional[Tensor]:
+            values = [getattr(p, attr) for p in passes]
+            if not any(values):
+                return None
+            return torch.tensor(values, device=self.device).repeat_interleave(batch)
+
+        return column("drop_t"), column("drop_y") if labelled else None
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        n: int,
+        *,
+        y: Any = None,
+        seed: int = 0,
+        latents: Optional[Tensor] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = True,
+        callback: Optional[Callable[[StepInfo], None]] = None,
+        return_trajectory: bool = False,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Draw n samples (float32 [n, *sample_shape]); with return_trajectory also the states
+        at every grid time ([steps + 1, n, *sample_shape]).
+
+        `latents` [n, *shape] is the initial state at t_max (standard normal by default, drawn per
+        sample index from `seed`), so results do not depend on `batch_size`."""
+        n = _check_positive_int("n", n)
+        batch_size = n if batch_size is None else _check_positive_int("batch_size", batch_size)
+        if latents is not None:
+            if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
+                raise ValueError(f"latents must be a tensor [n={n}, ...], got {_describe(latents)}")
+        shape = self._resolve_shape(latents)
+        labels = self._check_labels(y, n)
+        noise = CounterNoise(seed, shape, self.device)
+        results, trajectories = [], []
+        num_batches = math.ceil(n / batch_size)
+        with tqdm(
+            total=self.steps * num_batches, desc="sampling", disable=not progress, leave=False
+        ) as bar:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                init = latents[start:stop] if latents is not None else None
+                batch_labels = labels[start:stop] if labels is not None else None
+                x, traj = self._sample_batch(
+                    start, stop, shape, noise, init, batch_labels, callback, return_trajectory, bar
+                )
+                results.append(x.clone())
+                if traj is not None:
+                    trajectories.append(traj)
+        samples = torch.cat(results)
+        if return_trajectory:
+            return samples, torch.cat(trajectories, dim=1)
+        return samples
+
+    def _autocast(self):
+        param = next(iter(self.model.parameters()), None)
+        if self.dtype != torch.float32 and param is not None and param.dtype != self.dtype:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _sample_batch(self, start, stop, shape, noise, init, labels, callback, keep_traj, bar):
+        batch = stop - start
+        bufs = self._get_buffers(batch, shape, labels is not None)
+        x, x_in, t_in, y_in, g_prev = (bufs[k] for k in ("x", "x_in", "t_in", "y_in", "g_prev"))
+        index = bufs["index"]
+        torch.arange(start, stop, out=index)
+        x.copy_(init if init is not None else noise.normal(index, 0))
+        if y_in is not None:
+            y_in.view(-1, batch).copy_(labels.view(1, batch).expand(y_in.numel() // batch, batch))
+        if g_prev is not None:
+            g_prev.zero_()
+        coef, weights, stages, plan = self._coef, self._weights, self.stages, self.plan
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        traj = [x.clone()] if keep_traj else None
+        p0 = plan.num_passes(0)
+        x_in[: p0 * batch].view(p0, batch, *shape).copy_(x.unsqueeze(0).expand(p0, *x.shape))
+        x_start, prediction = None, None
+        with self._autocast():
+            for k in range(len(stages)):
+                i = stages.step[k]
+                starts_step = k == 0 or stages.step[k - 1] != i
+                if callback is not None and starts_step:
+                    x_start = x.clone()
+                passes = plan.passes[k]
+                p, rows = len(passes), len(passes) * batch
+                t_in[:rows].fill_(coef["t"][k])
+                drop_t, drop_y = bufs["flags"][passes]
+                out = self.model(
+                    x_in[:rows],
+                    t_in[:rows],
+                    y_in[:rows] if y_in is not None else None,
+                    drop_t=drop_t,
+                    drop_y=drop_y,
+                )
+                if not isinstance(out, Tensor) or out.shape != x_in[:rows].shape:
+                    raise ValueError(
+                        f"model output has shape {_describe(out)}, expected "
+                        f"{tuple(x_in[:rows].shape)} (the shape of its input x)"
+                    )
+                p_next = plan.num_passes(k + 1) if k + 1 < len(stages) else 0
+                z = noise.normal(index, k + 1) if stages.c[k] != 0.0 else None
+                new_x, g = guided_step(
+                    out.view(p, batch, *shape),
+                    weights[k, :p],
+                    x,
+                    coef["a"][k],
+                    coef["b"][k],
+                    keep=coef["keep"][k],
+                    g_prev=g_prev,
+                    b2=coef["b2"][k] if g_prev is not None else None,
+                    z=z,
+                    c=coef["c"][k] if z is not None else None,
+                    next_input=x_in[: p_next * batch].view(p_next, batch, *shape)
+                    if p_next
+                    else None,
+                )
+                x.copy_(new_x)
+                if starts_step:
+                    prediction = g
+                if g_prev is not None:
+                    g_prev.copy_(g)
+                if not stages.keep[k]:
+                    continue
+                # the stage that ends step i
+                nonfinite = ~torch.isfinite(x).all()
+                first_bad = torch.where((first_bad < 0) & nonfinite, self._step_ids[i], first_bad)
+                if callback is not None:
+                    t, t_next = float(self.grid[i]), float(self.grid[i + 1])
+                    callback(StepInfo(i, t, t_next, x_start, prediction, x, start))
+                if traj is not None:
+                    traj.append(x.clone())
+                bar.update(1)
+        bad = int(first_bad)  # the one host read of the batch
+        if bad >= 0:
+            raise NonFiniteStateError(
+                f"the sampler state became NaN/inf at step {bad} (t={float(self.grid[bad]):.4g}) "
+                f"in the batch of samples {start}..{stop - 1}; check the model output and the "
+                "guidance scales, or sample in float32"
+            )
+        return x, torch.stack(traj) if traj is not None else None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def sample(
+    model: nn.Module,
+    n: int,
+    steps: int,
+    *,
+    y: Any = None,
+    cfg_scale: float = 1.0,
+    nag_scale: float = 0.0,
+    solver: str = "euler",
+    schedule: Union[None, str, Schedule] = None,
+    seed: int = 0,
+    latents: Optional[Tensor] = None,
+    device: Union[None, str, torch.device] = None,
+    dtype: Union[None, str, torch.dtype] = None,
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+    callback: Optional[Callable[[StepInfo], None]] = None,
+    return_trajectory: bool = False,
+    **options: Any,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Draw n samples from `model` in `steps` solver steps with CFG and / or classifier-free NAG.
+
+    `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: cfg_interval,
+    nag_interval, time_shift, t_max, sample_shape, and the solver's own (eta for ddim,
+    diffusion / diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the
+    trajectory [steps + 1, n, ...] when `return_trajectory`."""
+    sampler = Sampler(
+        model,
+        steps,
+        solver=solver,
+        schedule=schedule,
+        cfg_scale=cfg_scale,
+        nag_scale=nag_scale,
+        device=device,
+        dtype=dtype,
+        **options,
+    )
+    return sampler.sample(
+        n,
+        y=y,
+        seed=seed,
+        latents=latents,
+        batch_size=batch_size,
+        progress=progress,
+        callback=callback,
+        return_trajectory=return_trajectory,
+    )

@@ -1,0 +1,16 @@
+"""Build script: the Python package, and `kernels/` installed as `nag_engine.kernels`.
+
+Metadata lives in pyproject.toml. The native kernels in csrc/ (`nag_engine._C`) are added here
+by the kernels issue; until then the package is pure Python.
+"""
+
+from setuptools import setup
+
+setup(
+    packages=[
+        "nag_engine",
+        "nag_engine.models",
+        "nag_engine.kernels",
+    ],
+    package_dir={"nag_engine.kernels": "kernels"},
+)
