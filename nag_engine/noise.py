@@ -34,8 +34,13 @@ def _fmix32(h: Tensor) -> Tensor:
 
 
 def _mix(h: Tensor, v: Union[Tensor, int]) -> Tensor:
-    """Hash the pair (h, v) into 32 bits; not symmetric in its arguments."""
+    """Hash the pair (h, v) into 32 bits, for v in [0, 2^32); not symmetric in its arguments."""
     return _fmix32((_mul32(h, 0x9E3779B1) + v + 0x7F4A7C15) & _MASK32)
+
+
+def _mix64(h: Tensor, v: Union[Tensor, int]) -> Tensor:
+    """Hash h with a non-negative 64-bit integer v, one 32-bit word at a time."""
+    return _mix(_mix(h, v & _MASK32), v >> 32)
 
 
 def _seed_hash(seed: int) -> int:
@@ -67,7 +72,8 @@ class CounterNoise:
 
         `sample_index` is an int64 tensor of global sample indices; `stream` an int or a 0-d int64
         tensor (a device-side step counter works and keeps the call free of host syncs)."""
-        row = _mix(_mix(torch.full_like(sample_index, self.seed_hash), sample_index), stream)
+        start = torch.full_like(sample_index, self.seed_hash)
+        row = _mix64(_mix64(start, sample_index), stream)
         key = _mix(row.view(-1, 1), self._elements)
         u1 = _uniform(_mix(key, 0x1B873593))
         u2 = _uniform(_mix(key, 0xCC9E2D51))

@@ -319,8 +319,9 @@ class Sampler:
                     drop_y=drop_y,
                 )
                 if not isinstance(out, Tensor) or out.shape != x_in[:rows].shape:
+                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                     raise ValueError(
-                        f"model output has shape {_describe(out)}, expected "
+                        f"model output has shape {got}, expected "
                         f"{tuple(x_in[:rows].shape)} (the shape of its input x)"
                     )
                 p_next = plan.num_passes(k + 1) if k + 1 < len(stages) else 0

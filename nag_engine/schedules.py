@@ -176,23 +176,34 @@ def get_schedule(schedule: Union[str, Schedule]) -> Schedule:
     raise ValueError(f"unknown schedule {schedule!r}: choose one of {SCHEDULES} or pass a Schedule")
 
 
+def _check_shift(shift: float) -> None:
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise ValueError(f"time shift must be a finite number > 0, got {shift!r}")
+
+
 def shift_time(t: TimeLike, shift: float) -> Tensor:
     """Timestep shift (SD3 / Esser et al. 2024): t' = s t / (1 + (s - 1) t); s > 1 spends more
-    steps at high noise, s = 1 is the identity."""
-    if shift <= 0:
-        raise ValueError(f"time shift must be > 0, got {shift}")
+    steps at high noise, s = 1 is the identity. Written as t / (t + (1 - t) / s), which maps
+    0 and 1 exactly onto themselves."""
+    _check_shift(shift)
     t = _as_tensor(t)
-    return shift * t / (1.0 + (shift - 1.0) * t)
+    return t / (t + (1.0 - t) / shift)
 
 
 def time_grid(steps: int, *, shift: float = 1.0, t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
-    """The sampling grid: `steps + 1` float64 times decreasing from t_max to t_min, uniform in t
-    before the optional timestep shift."""
+    """The sampling grid: `steps + 1` float64 times decreasing from t_max to t_min (both kept
+    exactly), uniform in the unshifted time when a timestep shift is given."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    grid = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
-    if shift != 1.0:
-        grid = shift_time(grid, shift)
+    _check_shift(shift)
+    if shift == 1.0:
+        return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+    # uniform between the unshifted ends (the shift by 1/s is the inverse), then shifted
+    ends = shift_time(torch.tensor([t_max, t_min], dtype=torch.float64), 1.0 / shift)
+    grid = shift_time(
+        torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64), shift
+    )
+    grid[0], grid[-1] = t_max, t_min
     return grid

@@ -58,7 +58,7 @@ class GaussianMixtureModel(nn.Module):
         prediction: str = "velocity",
         schedule: Union[str, Schedule] = "linear",
         time_distribution: Union[str, tuple] = "uniform",
-        time_points: int = 512,
+        time_points: int = 256,
     ):
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -99,17 +99,22 @@ class GaussianMixtureModel(nn.Module):
     def _component_log_weights(self, y: Optional[Tensor], drop_y: Optional[Tensor], rows: int):
         """[rows, K] normalised log weights of the components each row is conditioned on."""
         logw = self.log_weights.expand(rows, -1)
-        if y is None or self.classes is None:
+        if y is None:
             return logw
-        y = y.to(self.means.device).long().view(rows, 1)
+        if self.classes is None:
+            raise ValueError("y was given but this mixture has no classes")
+        y = torch.as_tensor(y, device=self.means.device).long().expand(rows).view(rows, 1)
         in_class = self.classes.view(1, -1) == y
+        if not in_class.any(1).all():
+            raise ValueError(f"y holds a class with no components (classes: {self.num_classes})")
         if drop_y is not None:
             in_class = in_class | drop_y.to(self.means.device).view(rows, 1)
         masked = torch.where(in_class, logw, torch.full_like(logw, -math.inf))
         return masked - torch.logsumexp(masked, dim=1, keepdim=True)
 
     def _terms(self, x: Tensor, t: Tensor, logw: Tensor):
-        """Per-row responsibilities and per-component posterior pieces at times t [rows]."""
+        """Per-component pieces at times t [rows]: alpha, sigma, the noisy variances and
+        differences [rows, K, d], responsibilities [rows, K, 1] and log p_t(x) [rows]."""
         alpha = self.schedule_obj.alpha(t).view(-1, 1, 1)
         sigma = self.schedule_obj.sigma(t).view(-1, 1, 1)
         var = alpha**2 * self.variances + sigma**2  # [B, K, d]
@@ -120,42 +125,46 @@ class GaussianMixtureModel(nn.Module):
         resp = torch.softmax(log_joint, dim=1).unsqueeze(-1)  # [B, K, 1]
         return alpha, sigma, var, diff, resp, log_p
 
-    def _predict(self, x: Tensor, t: Tensor, logw: Tensor, kind: str) -> Tensor:
-        """The exact prediction of type `kind` given the time."""
-        alpha, sigma, var, diff, resp, _ = self._terms(x, t, logw)
+    def _predict(self, t: Tensor, terms: tuple, kind: str) -> Tensor:
+        """The exact prediction of type `kind` from the pieces of `_terms` at times t."""
+        alpha, sigma, var, diff, resp, _ = terms
         if kind == "score":
             return -(resp * diff / var).sum(1)
         eps = (resp * sigma * diff / var).sum(1)
-        x0 = (resp * (self.means + alpha * self.variances * diff / var)).sum(1)
         if kind == "eps":
             return eps
+        x0 = (resp * (self.means + alpha * self.variances * diff / var)).sum(1)
         if kind == "x0":
             return x0
         d_alpha = self.schedule_obj.d_alpha(t).view(-1, 1)
         d_sigma = self.schedule_obj.d_sigma(t).view(-1, 1)
         return d_alpha * x0 + d_sigma * eps
 
+    def _on_grid(self, x: Tensor, logw: Tensor) -> tuple[Tensor, tuple]:
+        """Every row at every grid time: (the times [rows * G], the `_terms` there)."""
+        points = len(self.time_grid)
+        t_rep = self.time_grid.repeat(len(x))
+        terms = self._terms(
+            x.repeat_interleave(points, 0), t_rep, logw.repeat_interleave(points, 0)
+        )
+        return t_rep, terms
+
+    def _log_posterior(self, log_p_on_grid: Tensor, rows: int) -> Tensor:
+        """log p(t_j | x) [rows, G] from log p_{t_j}(x) on the grid and the time prior."""
+        return torch.log_softmax(log_p_on_grid.view(rows, -1) + self.time_log_prior, dim=1)
+
     def _predict_without_t(self, x: Tensor, logw: Tensor, kind: str) -> Tensor:
         """E[target | x] with t hidden: the t-conditional prediction averaged over p(t | x)."""
         out = torch.empty_like(x)
-        grid = self.time_grid
-        chunk = max(1, 2**22 // (len(grid) * logw.shape[1] * x.shape[1]))
+        points = len(self.time_grid)
+        chunk = max(1, 2**20 // (points * logw.shape[1] * x.shape[1]))
         for i in range(0, len(x), chunk):
             xs, ws = x[i : i + chunk], logw[i : i + chunk]
-            rows, points = len(xs), len(grid)
-            xr = xs.repeat_interleave(points, 0)
-            wr = ws.repeat_interleave(points, 0)
-            tr = grid.repeat(rows)
-            post = torch.softmax(self._log_joint_on_grid(xr, wr, rows), dim=1).view(-1, 1)
-            pred = self._predict(xr, tr, wr, kind)
-            out[i : i + chunk] = (post * pred).view(rows, points, -1).sum(1)
+            t_rep, terms = self._on_grid(xs, ws)
+            post = self._log_posterior(terms[-1], len(xs)).exp().view(-1, 1)
+            pred = self._predict(t_rep, terms, kind)
+            out[i : i + chunk] = (post * pred).view(len(xs), points, -1).sum(1)
         return out
-
-    def _log_joint_on_grid(self, x_rep: Tensor, logw_rep: Tensor, rows: int) -> Tensor:
-        """log pi(t_j) + log p_{t_j}(x) [rows, G] for rows repeated once per grid time."""
-        t_rep = self.time_grid.repeat(rows)
-        log_p = self._terms(x_rep, t_rep, logw_rep)[-1].view(rows, -1)
-        return log_p + self.time_log_prior
 
     # ----------------------------------------------------------------- public interface
     def forward(
@@ -168,12 +177,10 @@ class GaussianMixtureModel(nn.Module):
         drop_y: Optional[Tensor] = None,
     ) -> Tensor:
         """The exact prediction (of type `self.prediction`) for the batch."""
-        if y is not None and self.classes is None:
-            raise ValueError("y was given but this mixture has no classes")
         x64 = x.to(self.means.device, torch.float64)
         t64 = torch.as_tensor(t, dtype=torch.float64, device=x64.device).expand(len(x))
         logw = self._component_log_weights(y, drop_y, len(x))
-        out = self._predict(x64, t64, logw, self.prediction)
+        out = self._predict(t64, self._terms(x64, t64, logw), self.prediction)
         if drop_t is not None:
             rows = drop_t.to(x64.device).nonzero().squeeze(1)
             if len(rows):
@@ -190,18 +197,15 @@ class GaussianMixtureModel(nn.Module):
         """Exact grad_x log p_t(x) (or given y), float64."""
         x64 = x.to(self.means.device, torch.float64)
         t64 = torch.as_tensor(t, dtype=torch.float64, device=x64.device).expand(len(x))
-        return self._predict(x64, t64, self._component_log_weights(y, None, len(x)), "score")
+        terms = self._terms(x64, t64, self._component_log_weights(y, None, len(x)))
+        return self._predict(t64, terms, "score")
 
     def noise_posterior(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """The exact posterior over the noise level under the training time distribution:
         returns (grid [G], log p(t_j | x) [B, G]) on the model's midpoint time grid."""
         x64 = x.to(self.means.device, torch.float64)
-        rows, points = len(x64), len(self.time_grid)
-        logw = self._component_log_weights(y, None, rows)
-        xr = x64.repeat_interleave(points, 0)
-        wr = logw.repeat_interleave(points, 0)
-        log_joint = self._log_joint_on_grid(xr, wr, rows)
-        return self.time_grid, torch.log_softmax(log_joint, dim=1)
+        _, terms = self._on_grid(x64, self._component_log_weights(y, None, len(x64)))
+        return self.time_grid, self._log_posterior(terms[-1], len(x64))
 
     def component_of(self, x0: Tensor) -> Tensor:
         """The most likely component of each clean point (for per-mode statistics)."""

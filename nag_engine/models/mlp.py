@@ -23,7 +23,6 @@ from nag_engine.predictions import check_prediction
 __all__ = ["MLPDenoiser", "ResidualBlock"]
 
 
-
 class ResidualBlock(nn.Module):
     """``h + gate * MLP(LayerNorm(h) * (1 + scale) + shift)``, (shift, scale, gate) from SiLU(c).
 
