@@ -94,11 +94,16 @@ def run_sample(args: argparse.Namespace) -> int:
     if model.means.shape[1] == 2 and not args.no_png:
         png = args.out.with_suffix(".png")
         bound = float(model.means.abs().max()) + 4 * float(model.variances.sqrt().max())
-        picture = side_by_side(
-            density_image(data, (-bound, bound)), density_image(x, (-bound, bound))
-        )
-        atomic_write_bytes(png, encode_png(picture))
-        print(f"  wrote {png} (left: exact data, right: samples)")
+        panels = [density_image(data, (-bound, bound))]
+        caption = "exact data | samples"
+        if sampler.guidance.uses_cfg or sampler.guidance.uses_nag:
+            plain = Sampler(model, args.steps, solver=args.solver)
+            unguided = plain.sample(args.n, y=labels, seed=args.seed, progress=False)
+            panels.append(density_image(unguided, (-bound, bound)))
+            caption = "exact data | unguided | guided"
+        panels.append(density_image(x, (-bound, bound)))
+        atomic_write_bytes(png, encode_png(side_by_side(*panels)))
+        print(f"  wrote {png} ({caption}, same seed)")
     return 0
 
 

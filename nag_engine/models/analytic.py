@@ -121,8 +121,11 @@ class GaussianMixtureModel(nn.Module):
         diff = x.unsqueeze(1) - alpha * self.means  # [B, K, d]
         log_n = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)  # [B, K]
         log_joint = logw + log_n
-        log_p = torch.logsumexp(log_joint, dim=1)
-        resp = torch.softmax(log_joint, dim=1).unsqueeze(-1)  # [B, K, 1]
+        top = log_joint.amax(dim=1, keepdim=True)  # one pass for log p and responsibilities
+        weight = torch.exp(log_joint - top)
+        total = weight.sum(dim=1, keepdim=True)
+        log_p = (top + torch.log(total)).squeeze(1)
+        resp = (weight / total).unsqueeze(-1)  # [B, K, 1]
         return alpha, sigma, var, diff, resp, log_p
 
     def _predict(self, t: Tensor, terms: tuple, kind: str) -> Tensor:
