@@ -81,6 +81,16 @@ def _model_device(model: nn.Module) -> torch.device:
 EPS_LOG_SNR_MIN = -11.0
 
 
+def _same_device(model_device: torch.device, device: torch.device, model: nn.Module) -> bool:
+    """Whether sampling on `device` matches where the model lives (a model without tensors
+    runs anywhere; "cuda" matches the current CUDA device)."""
+    if next(iter(list(model.parameters()) + list(model.buffers())), None) is None:
+        return True
+    if model_device.type != device.type:
+        return False
+    return device.index is None or model_device.index == device.index
+
+
 def default_t_max(schedule: Schedule, prediction: str) -> float:
     """Where sampling starts: t = 1, except for eps / score models on schedules whose log-SNR at
     t = 1 is below EPS_LOG_SNR_MIN (-11; x0 = (x - sigma eps) / alpha is ill-posed as alpha -> 0):
@@ -154,6 +164,11 @@ class Sampler:
         )
         self.plan: GuidancePlan = self.guidance.plan(self.stages.t)
         self.device = torch.device(device) if device is not None else _model_device(model)
+        if device is not None and not _same_device(_model_device(model), self.device, model):
+            raise ValueError(
+                f"device={device} but the model's weights are on {_model_device(model)}; move "
+                f"the model first (model.to({str(device)!r})) or leave device=None"
+            )
         self.dtype = resolve_dtype(dtype, model)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self._coef = self.stages.tensors(self.device)

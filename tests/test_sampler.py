@@ -244,3 +244,10 @@ def test_mlp_eps_model_on_vp_uses_its_declared_schedule():
     sampler = ne.Sampler(model, 5, solver="ddpm")
     assert sampler.schedule.name == "vp" and sampler.prediction == "eps"
     assert torch.isfinite(sampler.sample(8, progress=False)).all()
+
+
+def test_device_must_match_the_model(mixture):
+    with pytest.raises(ValueError, match="device=meta but the model's weights are on cpu"):
+        ne.Sampler(mixture, 4, device="meta")
+    weightless = FunctionDenoiser(lambda x, t, y, dt, dy: -x, sample_shape=(2,))
+    assert ne.Sampler(weightless, 2, device="cpu").device == torch.device("cpu")
