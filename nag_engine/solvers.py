@@ -225,9 +225,7 @@ def guided_step(
     x_out = a x + b g + b2 g_prev + c z in float32, writes x_out into every pass slot of
     `next_input` [P', B, ...] (the next model input, in the model's dtype) when given, and returns
     (new state, g): the new state is x_out where `keep`, else x."""
-    g = combine_reference(
-        list(out.unbind(0)), list(weights.unbind(0)) if isinstance(weights, Tensor) else weights
-    )
+    g = combine_reference(list(out), list(weights))
     x_out = a * x + b * g
     if g_prev is not None and b2 is not None:
         x_out = x_out + b2 * g_prev
