@@ -1,122 +1,410 @@
-"""The `nag-engine` command.
+"""The `nag-engine` command: train, sample, demo, info.
 
-    nag-engine sample [--model ring] [--n 4000] [--steps 50] [--solver euler]
-                      [--cfg-scale 1.0] [--nag-scale 0.0] [--out out/samples.npz]
-
-Until trained checkpoints ship, the built-in models are exact Gaussian mixtures (the ground truth
-the test suite uses): `ring`, 8 modes on a circle in 2-D in 4 classes, and `gmm32`, 8 modes in
-32 dimensions. Writes the samples (NPZ) and, for 2-D models, a picture of exact data beside the
-samples (PNG), and prints how close the samples are to the data.
+nag-engine demo                       compare baseline / CFG / NAG / CFG+NAG on the shipped
+                                      models, write one PNG per model, print a quality table
+nag-engine sample --model toy2d       samples (+ PNG) from a shipped model, a checkpoint
+                                      file or an exact mixture (ring-exact, gmm32-exact)
+nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable)
+nag-engine info PATH                  what a checkpoint is
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import __version__
 from .images import atomic_write_bytes, density_image, encode_png, side_by_side
-from .models import GaussianMixtureModel, random_mixture, ring_mixture
 from .sampler import Sampler
 from .solvers import SOLVERS
 
-BUILTIN_MODELS = ("ring", "gmm32")
+EXACT_MODELS = ("ring-exact", "gmm32-exact")
 
 
-def build_model(name: str, schedule: str, prediction: str) -> GaussianMixtureModel:
-    """A built-in exact model by name."""
-    if name == "ring":
-        return ring_mixture(8, num_classes=4, schedule=schedule, prediction=prediction)
-    if name == "gmm32":
-        return random_mixture(32, 8, num_classes=4, schedule=schedule, prediction=prediction)
-    raise ValueError(f"unknown model {name!r}: choose one of {BUILTIN_MODELS}")
+# ---------------------------------------------------------------------- models and data
+def resolve_model(name: str) -> tuple[nn.Module, Optional[Any]]:
+    """(model, reference) for a shipped name, an exact mixture or a checkpoint path. The
+    reference is the exact mixture for mixture data, the DataSet for other data, or None."""
+    from .checkpoints import load_checkpoint
+    from .models import random_mixture, ring_mixture
+    from .presets import SHIPPED, shipped_checkpoint
+    from .training.data import load_dataset, mixture_for
+
+    if name == "ring-exact":
+        model = ring_mixture(8, num_classes=8)
+        return model, model
+    if name == "gmm32-exact":
+        model = random_mixture(32, 8, num_classes=8)
+        return model, model
+    path = shipped_checkpoint(name) if name in SHIPPED else Path(name)
+    model = load_checkpoint(path)
+    info = dict(model.checkpoint_config.get("dataset") or {})
+    if not info:
+        return model, None
+    mixture = mixture_for(info)
+    if mixture is not None:
+        return model, mixture
+    params = {k: v for k, v in info.items() if k != "name"}
+    return model, load_dataset(info["name"], **params)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nag-engine", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"nag_engine {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("sample", help="draw samples and write them with a picture")
-    p.add_argument("--model", default="ring", choices=BUILTIN_MODELS)
-    p.add_argument("--schedule", default="linear", choices=("linear", "vp", "vp-cosine"))
-    p.add_argument("--prediction", default="velocity", choices=("velocity", "eps", "x0"))
-    p.add_argument("--n", type=int, default=4000, help="number of samples")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = off")
-    p.add_argument("--nag-scale", type=float, default=0.0, help="0.0 = off")
-    p.add_argument(
-        "--label", type=int, default=None, help="class of every sample (default: classes in turn)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("out/samples.npz"), help="NPZ file to write")
-    p.add_argument("--no-png", action="store_true", help="skip the picture")
-    p.add_argument("--no-progress", action="store_true")
-    return parser
+def reference_samples(reference: Any, labels: torch.Tensor, seed: int) -> Optional[torch.Tensor]:
+    """Real data to compare with: exact mixture draws with the same labels, or the data set."""
+    from .models import GaussianMixtureModel
+
+    if isinstance(reference, GaussianMixtureModel):
+        gen = torch.Generator().manual_seed(seed)
+        return reference.sample_data(len(labels), y=labels, generator=gen)[0].float()
+    if reference is not None:
+        return reference.x
+    return None
 
 
+def picture(
+    samples: list[torch.Tensor], reference: Optional[torch.Tensor], nrow: int
+) -> np.ndarray:
+    """One grey picture: 2-D point clouds side by side (reference first), or image grids."""
+    from .training.data import to_image_grid
+
+    if samples[0].ndim == 2 and samples[0].shape[1] == 2:
+        clouds = ([reference] if reference is not None else []) + samples
+        bound = max(float(c.abs().quantile(0.995)) for c in clouds) * 1.15
+        return side_by_side(*(density_image(c, (-bound, bound)) for c in clouds))
+    if samples[0].ndim == 4 and samples[0].shape[1] == 1:
+        return side_by_side(*(to_image_grid(s, nrow) for s in samples), gap=4)
+    raise ValueError("can draw 2-D points or grey images only; use --no-png")
+
+
+# ---------------------------------------------------------------------- sample
 def run_sample(args: argparse.Namespace) -> int:
-    model = build_model(args.model, args.schedule, args.prediction)
+    model, reference = resolve_model(args.model)
+    num_classes = getattr(model, "num_classes", None)
+    if args.label is not None:
+        labels = torch.full((args.n,), args.label, dtype=torch.long)
+    elif num_classes:
+        labels = torch.arange(args.n) % num_classes
+    else:
+        labels = None
+    options = dict(solver=args.solver, dtype=args.dtype, time_shift=args.time_shift)
+    if args.cfg_interval:
+        options["cfg_interval"] = tuple(args.cfg_interval)
+    if args.nag_interval:
+        options["nag_interval"] = tuple(args.nag_interval)
     sampler = Sampler(
-        model, args.steps, solver=args.solver, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale
+        model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
-    labels = args.label if args.label is not None else torch.arange(args.n) % model.num_classes
     start = time.perf_counter()
     x = sampler.sample(
         args.n, y=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
     )
     seconds = time.perf_counter() - start
-    y = torch.as_tensor(labels).expand(args.n)
-
-    data, _ = model.sample_data(args.n, y=y, generator=torch.Generator().manual_seed(args.seed))
     buffer = io.BytesIO()
-    np.savez(buffer, samples=x.numpy(), labels=y.numpy())
+    arrays = {"samples": x.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    np.savez(buffer, **arrays)
     atomic_write_bytes(args.out, buffer.getvalue())
     print(
-        f"nag_engine {__version__}: {args.n} samples of '{args.model}' in {args.steps} "
+        f"nag_engine {__version__}: {args.n} samples of {args.model} in {args.steps} "
         f"{args.solver} steps, cfg_scale={args.cfg_scale}, nag_scale={args.nag_scale}"
     )
     print(f"  time {seconds:.2f} s ({args.n / seconds:.0f} samples/s)")
-    print(
-        f"  mean log p_data: samples {float(model.log_prob(x, 0.0, y).mean()):.3f}, "
-        f"exact data {float(model.log_prob(data, 0.0, y).mean()):.3f}"
-    )
     print(f"  wrote {args.out}")
-    if model.means.shape[1] == 2 and not args.no_png:
-        png = args.out.with_suffix(".png")
-        bound = float(model.means.abs().max()) + 4 * float(model.variances.sqrt().max())
-        panels = [density_image(data, (-bound, bound))]
-        caption = "exact data | samples"
-        if sampler.guidance.uses_cfg or sampler.guidance.uses_nag:
-            plain = Sampler(model, args.steps, solver=args.solver)
-            unguided = plain.sample(args.n, y=labels, seed=args.seed, progress=False)
-            panels.append(density_image(unguided, (-bound, bound)))
-            caption = "exact data | unguided | guided"
-        panels.append(density_image(x, (-bound, bound)))
-        atomic_write_bytes(png, encode_png(side_by_side(*panels)))
-        print(f"  wrote {png} ({caption}, same seed)")
+    if args.no_png or x.ndim not in (2, 4) or (x.ndim == 2 and x.shape[1] != 2):
+        return 0
+    panels, caption = [x], "samples"
+    if sampler.guidance.uses_cfg or sampler.guidance.uses_nag:
+        plain = Sampler(model, args.steps, **options)
+        panels = [plain.sample(args.n, y=labels, seed=args.seed, progress=False), x]
+        caption = "unguided | guided"
+    real = reference_samples(reference, labels, args.seed) if x.ndim == 2 else None
+    if real is not None:
+        caption = "data | " + caption
+    png = args.out.with_suffix(".png")
+    atomic_write_bytes(png, encode_png(picture(panels, real, nrow=num_classes or 10)))
+    print(f"  wrote {png} ({caption}, same seed)")
     return 0
+
+
+# ---------------------------------------------------------------------- demo
+DEMO_SETTINGS = (
+    ("baseline", 1.0, 0.0),
+    ("cfg", None, 0.0),
+    ("nag", 1.0, None),
+    ("cfg+nag", None, None),
+)
+
+
+def _toy_metrics(x, labels, mixture, seed):
+    from .analysis.metrics import energy_distance, mode_coverage
+
+    real = reference_samples(mixture, labels, seed)
+    comp = mixture.component_of(x)
+    return {
+        "energy_dist": energy_distance(x, real),
+        "log_p_data": float(mixture.log_prob(x, 0.0).mean()),
+        "in_class": float((mixture.classes[comp] == labels).double().mean()),
+        "modes_covered": mode_coverage(comp, mixture.means.shape[0]),
+    }
+
+
+def _digit_metrics(x, labels, data, classifier):
+    from .analysis.metrics import frechet_distance
+
+    flat = x.flatten(1).clamp(-1, 1).numpy()
+    accuracy = float((classifier.predict(flat) == labels.numpy()).mean())
+    return {
+        "FD_pixels": frechet_distance(x.flatten(1), data.x.flatten(1)),
+        "class_accuracy": accuracy,
+    }
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .presets import SHIPPED
+
+    out = Path(args.out)
+    rows = []
+    started = time.perf_counter()
+    for name in SHIPPED:
+        model, reference = resolve_model(name)
+        n = args.n_toy if name == "toy2d" else args.n_digits
+        labels = torch.arange(n) % model.num_classes
+        classifier = None
+        if name == "digits":
+            from sklearn.linear_model import LogisticRegression
+
+            classifier = LogisticRegression(max_iter=2000).fit(
+                reference.x.flatten(1).numpy(), reference.y.numpy()
+            )
+        samples = []
+        for setting, cfg, nag in DEMO_SETTINGS:
+            cfg = args.cfg_scale if cfg is None else cfg
+            nag = args.nag_scale if nag is None else nag
+            sampler = Sampler(model, args.steps, solver=args.solver, cfg_scale=cfg, nag_scale=nag)
+            x = sampler.sample(n, y=labels, seed=args.seed, progress=False)
+            samples.append(x)
+            if classifier is None:
+                figures = _toy_metrics(x, labels, reference, args.seed)
+            else:
+                figures = _digit_metrics(x, labels, reference, classifier)
+            rows.append({"model": name, "setting": setting, "cfg": cfg, "nag": nag, **figures})
+        if name == "toy2d":
+            real = reference_samples(reference, labels, args.seed)
+            image = picture(samples, real, nrow=10)
+        else:
+            order = torch.argsort(labels[:100], stable=True)  # one class per row
+            image = picture([s[:100][order] for s in samples], None, nrow=10)
+        png = out / f"demo_{name}.png"
+        atomic_write_bytes(png, encode_png(image))
+        caption = "data | " if name == "toy2d" else ""
+        print(f"wrote {png} ({caption}baseline | cfg | nag | cfg+nag)")
+    _print_table(rows)
+    atomic_write_bytes(out / "demo_metrics.json", json.dumps(rows, indent=2).encode())
+    print(f"wrote {out / 'demo_metrics.json'}; {time.perf_counter() - started:.1f} s in all")
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    for model in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == model]
+        keys = [k for k in group[0] if k not in ("model",)]
+        print(f"\n{model}")
+        print("  " + "  ".join(f"{k:>14}" for k in keys))
+        for r in group:
+            print(
+                "  "
+                + "  ".join(
+                    f"{r[k]:>14.4f}" if isinstance(r[k], float) else f"{r[k]:>14}" for k in keys
+                )
+            )
+
+
+# ---------------------------------------------------------------------- train
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .presets import PRESETS, Preset
+    from .training.data import load_dataset
+    from .training.trainer import Trainer
+
+    out = Path(args.out)
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = _parse_value(value)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.config:
+        spec = json.loads(Path(args.config).read_text())
+        preset = Preset(**spec)
+    else:
+        if args.preset not in PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}: choose one of {tuple(PRESETS)}")
+        preset = PRESETS[args.preset]
+    data = load_dataset(preset.dataset, **preset.dataset_params)
+    checkpoint = out / "checkpoint.safetensors"
+    if args.resume:
+        if not checkpoint.is_file():
+            raise ValueError(f"--resume: no checkpoint at {checkpoint}")
+        trainer = Trainer.resume(checkpoint, data, out=out)
+        print(f"resuming {checkpoint} at step {trainer.step}")
+    elif args.finetune:
+        trainer = Trainer.finetune(args.finetune, data, preset.train_config(**overrides), out=out)
+        print(f"fine-tuning {args.finetune} with p_t={trainer.config.p_t}")
+    else:
+        trainer = Trainer(preset.build_model(), data, preset.train_config(**overrides), out=out)
+    history = trainer.run(progress=not args.no_progress)
+    model_path = trainer.export(out / "model.safetensors")
+    if history:
+        first = sum(h["loss"] for h in history[:50]) / min(50, len(history))
+        last = sum(h["loss"] for h in history[-50:]) / min(50, len(history))
+        print(f"loss {first:.4f} (first 50 steps) -> {last:.4f} (last 50 steps)")
+    print(f"wrote {checkpoint} (resumable) and {model_path} (EMA weights, for sampling)")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+def run_info(args: argparse.Namespace) -> int:
+    from .checkpoints import read_checkpoint
+    from .presets import SHIPPED, shipped_checkpoint
+
+    path = shipped_checkpoint(args.path) if args.path in SHIPPED else Path(args.path)
+    config, tensors = read_checkpoint(path)
+    params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    print(f"{path}  ({path.stat().st_size / 1e6:.2f} MB)")
+    print(f"  architecture  {config['architecture']}  ({params / 1e6:.3f} M parameters)")
+    print(f"  model         {json.dumps(config['model'])}")
+    print(f"  schedule      {config.get('schedule')}   prediction {config.get('prediction')}")
+    p_t = float(config.get("p_t") or 0.0)
+    nag = "NAG supported" if p_t > 0 else "NAG NOT supported"
+    print(f"  dropout       p_t={p_t} (noise condition), p_c={config.get('p_c')} (class): {nag}")
+    print(f"  trained on    {json.dumps(config.get('dataset'))}")
+    weights = "EMA" if config.get("ema_weights") or config.get("has_ema") else "raw"
+    resumable = "optimizer_groups" in config
+    print(f"  step          {config.get('step')}   weights {weights}   resumable {resumable}")
+    if config.get("finetuned_from"):
+        print(f"  fine-tuned from {config['finetuned_from']}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nag-engine",
+        description="Sampling with Noise Awareness Guidance (NAG): demo, sample, train, info.",
+        epilog="Start with `nag-engine demo`; each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"nag_engine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="baseline / CFG / NAG / CFG+NAG on the shipped models, side by side",
+        description="Loads the shipped toy2d and digits checkpoints, samples each with the same "
+        "seed under baseline, CFG, NAG and CFG+NAG, writes OUT/demo_<model>.png and prints "
+        "quality figures (and OUT/demo_metrics.json).",
+    )
+    demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the pictures")
+    demo.add_argument("--steps", type=int, default=32)
+    demo.add_argument("--solver", default="heun", choices=tuple(SOLVERS))
+    demo.add_argument("--cfg-scale", type=float, default=2.0)
+    demo.add_argument("--nag-scale", type=float, default=0.5)
+    demo.add_argument("--n-toy", type=int, default=2000, help="samples for toy2d")
+    demo.add_argument("--n-digits", type=int, default=500, help="samples for digits")
+    demo.add_argument("--seed", type=int, default=0)
+
+    sample = commands.add_parser(
+        "sample",
+        help="draw samples, write .npz and a picture",
+        description="Draw samples with any guidance and solver. MODEL is a shipped checkpoint "
+        "(toy2d, digits), a checkpoint file, or an exact Gaussian mixture (ring-exact, "
+        "gmm32-exact).",
+    )
+    sample.add_argument(
+        "--model",
+        default="toy2d",
+        help="toy2d | digits | ring-exact | "
+        "gmm32-exact | path to a .safetensors checkpoint (default: toy2d)",
+    )
+    sample.add_argument("--n", type=int, default=2000, help="number of samples")
+    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
+    sample.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = off")
+    sample.add_argument("--nag-scale", type=float, default=0.0, help="0.0 = off")
+    sample.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
+    sample.add_argument("--nag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
+    sample.add_argument("--time-shift", type=float, default=1.0)
+    sample.add_argument(
+        "--label", type=int, default=None, help="class of every sample (default: classes in turn)"
+    )
+    sample.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=None)
+    sample.add_argument("--out", type=Path, default=Path("out/samples.npz"), help="NPZ to write")
+    sample.add_argument("--no-png", action="store_true", help="skip the picture")
+    sample.add_argument("--no-progress", action="store_true")
+
+    train = commands.add_parser(
+        "train",
+        help="train a NAG-capable checkpoint from a preset or a config file",
+        description="Trains with noise-condition and class dropout. Writes OUT/checkpoint."
+        "safetensors (resumable with --resume) and OUT/model.safetensors (EMA weights).",
+    )
+    train.add_argument("--preset", default="toy2d", help="toy2d | digits (default: toy2d)")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="JSON file with dataset, dataset_params, "
+        "architecture, model and train (overrides --preset)",
+    )
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--steps", type=int, default=None, help="override the step count")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a training option, e.g. --set p_t=0.2 --set cdl_weight=0.1",
+    )
+    train.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.safetensors")
+    train.add_argument(
+        "--finetune",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from these weights (e.g. add NAG to a no-dropout model)",
+    )
+    train.add_argument("--no-progress", action="store_true")
+
+    info = commands.add_parser("info", help="describe a checkpoint")
+    info.add_argument("path", help="checkpoint file, or toy2d / digits for the shipped ones")
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `nag-engine` command."""
     args = _parser().parse_args(argv)
+    commands = {"demo": run_demo, "sample": run_sample, "train": run_train, "info": run_info}
     try:
-        if args.command == "sample":
-            return run_sample(args)
-    except (ValueError, TypeError) as err:
+        return commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"nag-engine: error: {err}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_sample_command_writes_samples_and_picture(tmp_path, capsys):
     code = main(
         [
             "sample",
+            "--model",
+            "ring-exact",
             "--n",
             "200",
             "--steps",
@@ -76,10 +78,13 @@ def test_sample_command_writes_samples_and_picture(tmp_path, capsys):
     image = _decode_png(out.with_suffix(".png").read_bytes())
     assert image.shape == (256, 3 * 256 + 2 * 8)  # data | unguided | guided
     assert not list(out.parent.glob(".*.tmp"))  # nothing half-written left behind
-    assert "mean log p_data" in capsys.readouterr().out
+    assert "samples/s" in capsys.readouterr().out
 
 
 def test_sample_command_reports_bad_input(tmp_path, capsys):
-    assert main(["sample", "--steps", "0", "--out", str(tmp_path / "x.npz")]) == 2
+    assert (
+        main(["sample", "--model", "ring-exact", "--steps", "0", "--out", str(tmp_path / "x.npz")])
+        == 2
+    )
     assert "steps must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()

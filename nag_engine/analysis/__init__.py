@@ -1,0 +1,1 @@
+"""Measurement: sample-quality metrics (and, later, noise-level estimators and noise shift)."""

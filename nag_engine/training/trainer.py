@@ -1,0 +1,299 @@
+"""The trainer: AdamW, EMA weights, gradient clipping, periodic evaluation and checkpoints,
+and exact resume.
+
+All randomness flows through two generators (one for minibatches, one for times, noise and
+dropout) whose states are saved with the weights, the EMA and the optimizer, so a run that is
+stopped and resumed from its checkpoint ends bit for bit where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoints import build_model, read_checkpoint, save_checkpoint
+from .data import DataSet
+from .losses import denoising_loss
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run besides the model and the data."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    p_t: float = 0.1  # noise-condition dropout
+    p_c: float = 0.1  # class dropout
+    time_distribution: str = "uniform"
+    time_mean: float = 0.0
+    time_std: float = 1.0
+    cdl_weight: float = 0.0  # weight of the contrastive diffusion loss
+    checkpoint_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: never
+    seed: int = 0
+    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the config
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("p_t", "p_c"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class Trainer:
+    """Trains a denoiser on a DataSet; `run()` trains up to `config.steps`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSet,
+        config: TrainConfig,
+        *,
+        out: Union[None, str, Path] = None,
+        eval_fn: Optional[Callable[[Trainer], dict[str, float]]] = None,
+        device: Union[None, str, torch.device] = None,
+        finetuned_from: Optional[str] = None,
+    ):
+        if config.p_t > 0 and not getattr(model, "supports_noise_dropout", False):
+            # models loaded from a checkpoint without noise dropout say False; the architecture
+            # has the null embedding, so training with p_t > 0 is what adds NAG support
+            if not hasattr(type(model), "supports_noise_dropout"):
+                raise ValueError("p_t > 0 needs a model with a null noise embedding")
+            model.supports_noise_dropout = True
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = model.to(self.device).train().requires_grad_(True)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.data = data
+        self.config = config
+        self.out = Path(out) if out is not None else None
+        self.eval_fn = eval_fn
+        self.finetuned_from = finetuned_from
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.noise_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ one step
+    def _lr(self) -> float:
+        warmup = self.config.warmup_steps
+        return self.config.lr * min(1.0, (self.step + 1) / warmup) if warmup else self.config.lr
+
+    def train_step(self, x0: Tensor, y: Optional[Tensor]) -> dict[str, float]:
+        """One optimizer step on a batch; returns the loss terms."""
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        autocast = self.device.type == "cuda" and cfg.bf16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = denoising_loss(
+                self.model,
+                x0,
+                y,
+                generator=self.noise_generator,
+                p_t=cfg.p_t,
+                p_c=cfg.p_c,
+                time_distribution=cfg.time_distribution,
+                time_mean=cfg.time_mean,
+                time_std=cfg.time_std,
+            )
+            loss = out.loss
+            terms = {"loss": out.loss}
+            if cfg.cdl_weight > 0:
+                from .cdl import cdl_loss
+
+                cdl = cdl_loss(self.model, x0, y=y, generator=self.noise_generator)
+                loss = loss + cfg.cdl_weight * cdl
+                terms["cdl"] = cdl
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # a shorter memory early on, so the EMA of a short run is not dominated by the init
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, until: Optional[int] = None, progress: bool = True) -> list[dict[str, float]]:
+        """Train until step `until` (default: config.steps), checkpointing and evaluating on
+        the way; returns the logged history."""
+        cfg = self.config
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        batches = self.data.batches(cfg.batch_size, self.data_generator)
+        start_time, start_step = time.perf_counter(), self.step
+        with tqdm(total=until, initial=self.step, desc="training", disable=not progress) as bar:
+            while self.step < until:
+                x0, y = next(batches)
+                x0 = x0.to(self.device)
+                y = y.to(self.device) if y is not None else None
+                terms = self.train_step(x0, y)
+                rate = (
+                    (self.step - start_step) * cfg.batch_size / (time.perf_counter() - start_time)
+                )
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", samples_per_s=f"{rate:.0f}")
+                bar.update(1)
+                self.history.append({"step": self.step, **terms})
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_fn:
+                    self.history[-1].update(self.eval_fn(self))
+                if (
+                    self.out is not None
+                    and cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                ):
+                    self.save()
+        if self.out is not None and self.step == cfg.steps:
+            self.save()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The JSON config stored with the weights."""
+        return {
+            "schedule": getattr(self.model, "schedule", "linear"),
+            "prediction": self.model.prediction,
+            "p_t": self.config.p_t,
+            "p_c": self.config.p_c,
+            "cdl_weight": self.config.cdl_weight,
+            "dataset": self.data.info,
+            "step": self.step,
+            "train": dataclasses.asdict(self.config),
+            "finetuned_from": self.finetuned_from,
+        }
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        tensors = {
+            "rng.data": self.data_generator.get_state(),
+            "rng.noise": self.noise_generator.get_state(),
+        }
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        return tensors
+
+    def save(self, path: Union[None, str, Path] = None) -> Path:
+        """Write the resumable checkpoint (default: <out>/checkpoint.safetensors)."""
+        if path is None:
+            if self.out is None:
+                raise ValueError("no output folder: pass out= to the Trainer or a path to save()")
+            path = self.out / "checkpoint.safetensors"
+        config = self.checkpoint_config()
+        config["optimizer_groups"] = [
+            {k: v for k, v in g.items() if k != "params"}
+            for g in self.optimizer.state_dict()["param_groups"]
+        ]
+        return save_checkpoint(
+            path, self.model, config, ema=self.ema, extra_tensors=self._state_tensors()
+        )
+
+    def export(self, path: Union[str, Path], dtype: torch.dtype = torch.float32) -> Path:
+        """Write the EMA weights alone (no training state), for sampling and shipping."""
+        config = {**self.checkpoint_config(), "ema_weights": True}
+        return save_checkpoint(path, self.ema, config, weights_dtype=dtype)
+
+    @classmethod
+    def resume(
+        cls,
+        path: Union[str, Path],
+        data: DataSet,
+        *,
+        out: Union[None, str, Path] = None,
+        eval_fn: Optional[Callable[[Trainer], dict[str, float]]] = None,
+        device: Union[None, str, torch.device] = None,
+    ) -> Trainer:
+        """Continue a run exactly where its checkpoint left it."""
+        config, tensors = read_checkpoint(path)
+        if "optimizer_groups" not in config or "rng.data" not in tensors:
+            raise ValueError(f"{path} holds no training state (an exported model?): cannot resume")
+        if config["dataset"] != data.info:
+            raise ValueError(f"{path} was trained on {config['dataset']}, not on {data.info}")
+        model = build_model(config)
+        trainer = cls(
+            model,
+            data,
+            TrainConfig.from_dict(config["train"]),
+            out=out,
+            eval_fn=eval_fn,
+            device=device,
+            finetuned_from=config.get("finetuned_from"),
+        )
+        section = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        trainer.model.load_state_dict(section)
+        trainer.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        optim_state: dict[int, dict[str, Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, index, key = name.split(".", 2)
+                optim_state.setdefault(int(index), {})[key] = value
+        groups = trainer.optimizer.state_dict()["param_groups"]
+        for group, saved in zip(groups, config["optimizer_groups"]):
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        trainer.data_generator.set_state(tensors["rng.data"])
+        trainer.noise_generator.set_state(tensors["rng.noise"])
+        trainer.step = int(config["step"])
+        return trainer
+
+    @classmethod
+    def finetune(
+        cls,
+        path: Union[str, Path],
+        data: DataSet,
+        config: TrainConfig,
+        **kwargs: Any,
+    ) -> Trainer:
+        """Start a new run from a checkpoint's weights (the paper adds NAG to a pretrained
+        model this way: fine-tune with noise-condition dropout on)."""
+        saved, tensors = read_checkpoint(path)
+        model = build_model(saved)
+        prefix = "ema." if saved.get("has_ema") else "model."
+        model.load_state_dict(
+            {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        return cls(model, data, config, finetuned_from=str(path), **kwargs)
+
+
+def config_to_json(config: TrainConfig) -> str:
+    """The training config as JSON (for the CLI and logs)."""
+    return json.dumps(dataclasses.asdict(config), indent=2)

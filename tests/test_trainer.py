@@ -1,0 +1,121 @@
+"""The trainer: a short run lowers the loss, resume is exact, checkpoints are periodic, and
+fine-tuning with noise-condition dropout turns a no-dropout checkpoint into a NAG model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nag_engine as ne
+from nag_engine.models import MLPDenoiser
+from nag_engine.training import TrainConfig, Trainer, denoising_loss, load_dataset
+
+
+@pytest.fixture(scope="module")
+def ring():
+    return load_dataset("ring", n=2000, seed=0)
+
+
+def _model(ring):
+    torch.manual_seed(0)
+    return MLPDenoiser(2, hidden=32, depth=2, num_classes=ring.num_classes)
+
+
+def _config(**overrides):
+    base = dict(steps=12, batch_size=64, lr=3e-3, ema_decay=0.9, p_t=0.2, p_c=0.1, seed=3)
+    return TrainConfig(**{**base, **overrides})
+
+
+def _held_out_loss(model, ring):
+    x0, y = ring.x[:1000], ring.y[:1000]
+    with torch.no_grad():
+        out = denoising_loss(model, x0, y, generator=torch.Generator().manual_seed(99), p_t=0.2)
+    return float(out.loss)
+
+
+def test_a_short_run_lowers_the_loss(ring):
+    trainer = Trainer(_model(ring), ring, _config(steps=150))
+    before = _held_out_loss(trainer.model, ring)
+    history = trainer.run(progress=False)
+    assert len(history) == 150 and trainer.step == 150
+    assert _held_out_loss(trainer.model, ring) < 0.8 * before
+    assert _held_out_loss(trainer.ema, ring) < 0.8 * before
+
+
+def test_resume_is_exact(ring, tmp_path):
+    straight = Trainer(_model(ring), ring, _config())
+    straight.run(progress=False)
+
+    interrupted = Trainer(_model(ring), ring, _config(checkpoint_every=5), out=tmp_path)
+    interrupted.run(until=7, progress=False)  # "killed" after step 7; last checkpoint: step 5
+    resumed = Trainer.resume(tmp_path / "checkpoint.safetensors", ring, out=tmp_path)
+    assert resumed.step == 5
+    resumed.run(progress=False)
+    assert resumed.step == straight.step == 12
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for index, state in sa["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][key]))
+
+
+def test_resume_refuses_other_data_and_exported_models(ring, tmp_path):
+    trainer = Trainer(_model(ring), ring, _config(steps=2), out=tmp_path)
+    trainer.run(progress=False)
+    other = load_dataset("ring", n=500, seed=1)
+    with pytest.raises(ValueError, match="was trained on"):
+        Trainer.resume(tmp_path / "checkpoint.safetensors", other)
+    exported = trainer.export(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="no training state"):
+        Trainer.resume(exported, ring)
+
+
+def test_checkpoint_loads_as_a_sampling_model(ring, tmp_path):
+    trainer = Trainer(_model(ring), ring, _config(steps=4), out=tmp_path)
+    trainer.run(progress=False)
+    model = ne.load_checkpoint(trainer.export(tmp_path / "model.safetensors"))
+    assert model.supports_noise_dropout
+    config = model.checkpoint_config
+    assert config["dataset"] == ring.info and config["step"] == 4 and config["p_t"] == 0.2
+    x, t = torch.randn(5, 2), torch.rand(5)
+    torch.testing.assert_close(model(x, t), trainer.ema(x, t))
+    samples = ne.sample(
+        model, 16, 4, y=torch.arange(16) % 8, cfg_scale=2.0, nag_scale=0.5, progress=False
+    )
+    assert torch.isfinite(samples).all()
+
+
+def test_finetune_adds_noise_dropout(ring, tmp_path):
+    base = Trainer(_model(ring), ring, _config(steps=10, p_t=0.0), out=tmp_path / "base")
+    base.run(progress=False)
+    plain = ne.load_checkpoint(base.export(tmp_path / "base.safetensors"))
+    assert not plain.supports_noise_dropout
+    with pytest.raises(ValueError, match="noise-condition dropout"):
+        ne.sample(plain, 4, 2, nag_scale=1.0, progress=False)
+
+    tuned = Trainer.finetune(
+        tmp_path / "base.safetensors", ring, _config(steps=10, p_t=0.5), out=tmp_path / "tuned"
+    )
+    null_before = tuned.model.t_embedder.null_embedding.detach().clone()
+    tuned.run(progress=False)
+    assert not torch.equal(tuned.model.t_embedder.null_embedding, null_before)
+    model = ne.load_checkpoint(tuned.export(tmp_path / "tuned.safetensors"))
+    assert model.supports_noise_dropout
+    assert model.checkpoint_config["finetuned_from"].endswith("base.safetensors")
+    x = torch.randn(6, 2)
+    dropped = model(x, torch.rand(6), drop_t=torch.ones(6, dtype=torch.bool))
+    assert not torch.allclose(
+        dropped, plain(x, torch.rand(6), drop_t=torch.ones(6, dtype=torch.bool))
+    )
+    ne.sample(model, 4, 2, nag_scale=1.0, progress=False)
+
+
+def test_bad_training_options():
+    with pytest.raises(ValueError, match="p_t"):
+        TrainConfig(p_t=2.0)
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"stepz": 3})
