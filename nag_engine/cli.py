@@ -11,6 +11,7 @@ nag-engine info PATH                  what a checkpoint is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -81,7 +82,9 @@ def picture(
         bound = max(float(c.abs().quantile(0.995)) for c in clouds) * 1.15
         return side_by_side(*(density_image(c, (-bound, bound)) for c in clouds))
     if samples[0].ndim == 4 and samples[0].shape[1] == 1:
-        return side_by_side(*(to_image_grid(s, nrow) for s in samples), gap=4)
+        zoom = max(1, 64 // samples[0].shape[-1])  # small images are drawn larger
+        grids = [to_image_grid(s, nrow).repeat(zoom, 0).repeat(zoom, 1) for s in samples]
+        return side_by_side(*grids, gap=4 * zoom)
     raise ValueError("can draw 2-D points or grey images only; use --no-png")
 
 
@@ -264,7 +267,9 @@ def run_train(args: argparse.Namespace) -> int:
         if not checkpoint.is_file():
             raise ValueError(f"--resume: no checkpoint at {checkpoint}")
         trainer = Trainer.resume(checkpoint, data, out=out)
-        print(f"resuming {checkpoint} at step {trainer.step}")
+        if args.steps is not None:  # train on past the original budget
+            trainer.config = dataclasses.replace(trainer.config, steps=args.steps)
+        print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
     elif args.finetune:
         trainer = Trainer.finetune(args.finetune, data, preset.train_config(**overrides), out=out)
         print(f"fine-tuning {args.finetune} with p_t={trainer.config.p_t}")

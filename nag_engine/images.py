@@ -39,6 +39,12 @@ def encode_png(image: np.ndarray) -> bytes:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -47,6 +53,7 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

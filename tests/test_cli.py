@@ -88,3 +88,89 @@ def test_sample_command_reports_bad_input(tmp_path, capsys):
     )
     assert "steps must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from nag_engine.images import atomic_write_bytes
+
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"abc")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.read_bytes() == b"abc"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_demo_runs_on_the_shipped_models(tmp_path, capsys):
+    code = main(
+        ["demo", "--out", str(tmp_path), "--steps", "4", "--n-toy", "200", "--n-digits", "100"]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for setting in ("baseline", "cfg", "nag", "cfg+nag"):
+        assert setting in text
+    toy = _decode_png((tmp_path / "demo_toy2d.png").read_bytes())
+    assert toy.shape == (256, 5 * 256 + 4 * 8)  # data | baseline | cfg | nag | cfg+nag
+    digits = _decode_png((tmp_path / "demo_digits.png").read_bytes())
+    # four 10 x 10 grids of 8 x 8 digits, drawn 8 times larger
+    assert digits.shape == (8 * (10 * 9 - 1), 4 * 8 * (10 * 9 - 1) + 3 * 32)
+    import json
+
+    rows = json.loads((tmp_path / "demo_metrics.json").read_text())
+    assert {(r["model"], r["setting"]) for r in rows} == {
+        (m, s) for m in ("toy2d", "digits") for s in ("baseline", "cfg", "nag", "cfg+nag")
+    }
+
+
+def test_info_describes_a_checkpoint(capsys):
+    assert main(["info", "toy2d"]) == 0
+    text = capsys.readouterr().out
+    assert "MLPDenoiser" in text and "NAG supported" in text and "p_t=0.2" in text
+    assert main(["info", "/no/such/file.safetensors"]) == 2
+
+
+def test_train_resume_and_config_file(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--preset",
+        "toy2d",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--no-progress",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "checkpoint_every=3",
+    ]
+    assert main(args) == 0
+    assert (out / "checkpoint.safetensors").is_file() and (out / "model.safetensors").is_file()
+    assert main(["info", str(out / "checkpoint.safetensors")]) == 0
+    assert "resumable True" in capsys.readouterr().out
+    resume = ["train", "--preset", "toy2d", "--out", str(out), "--resume", "--no-progress"]
+    assert main(resume + ["--steps", "9"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert main(["info", str(out / "checkpoint.safetensors")]) == 0
+    assert "step          9" in capsys.readouterr().out
+    spec = {
+        "dataset": "moons",
+        "dataset_params": {"n": 500},
+        "architecture": "MLPDenoiser",
+        "model": {"dim": 2, "hidden": 16, "depth": 1, "num_classes": 2},
+        "train": {"steps": 4, "batch_size": 16},
+    }
+    config = tmp_path / "moons.json"
+    config.write_text(json.dumps(spec))
+    assert (
+        main(["train", "--config", str(config), "--out", str(tmp_path / "moons"), "--no-progress"])
+        == 0
+    )
+    assert main(["info", str(tmp_path / "moons" / "model.safetensors")]) == 0
+    assert '"name": "moons"' in capsys.readouterr().out
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2

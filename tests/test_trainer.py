@@ -119,3 +119,11 @@ def test_bad_training_options():
         TrainConfig(p_t=2.0)
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def test_training_with_the_contrastive_loss(ring):
+    trainer = Trainer(_model(ring), ring, _config(steps=20, cdl_weight=0.1, cdl_samples=2))
+    before = _held_out_loss(trainer.model, ring)
+    history = trainer.run(progress=False)
+    assert all("cdl" in h and h["cdl"] > 0 for h in history)
+    assert _held_out_loss(trainer.model, ring) < before

@@ -1,6 +1,7 @@
 """Training: data sets, the denoising loss with noise-condition and class dropout, the
 contrastive diffusion loss (CDL) and the trainer with exact resume."""
 
+from .cdl import cdl_loss, gaussian_log_ratio, noise_log_ratio
 from .data import DATASETS, DataSet, load_dataset, mixture_for
 from .losses import denoising_loss, sample_time
 from .trainer import TrainConfig, Trainer
@@ -10,8 +11,11 @@ __all__ = [
     "DataSet",
     "TrainConfig",
     "Trainer",
+    "cdl_loss",
     "denoising_loss",
     "load_dataset",
+    "gaussian_log_ratio",
     "mixture_for",
+    "noise_log_ratio",
     "sample_time",
 ]

@@ -45,6 +45,7 @@ class TrainConfig:
     time_mean: float = 0.0
     time_std: float = 1.0
     cdl_weight: float = 0.0  # weight of the contrastive diffusion loss
+    cdl_samples: int = 4  # log-SNR samples per point in the CDL estimate (1 is very noisy)
     checkpoint_every: int = 0  # 0: only at the end
     eval_every: int = 0  # 0: never
     seed: int = 0
@@ -134,7 +135,13 @@ class Trainer:
             if cfg.cdl_weight > 0:
                 from .cdl import cdl_loss
 
-                cdl = cdl_loss(self.model, x0, y=y, generator=self.noise_generator)
+                cdl = cdl_loss(
+                    self.model,
+                    x0,
+                    y=y,
+                    generator=self.noise_generator,
+                    num_samples=cfg.cdl_samples,
+                )
                 loss = loss + cfg.cdl_weight * cdl
                 terms["cdl"] = cdl
         self.optimizer.zero_grad(set_to_none=True)
