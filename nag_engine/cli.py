@@ -276,7 +276,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(preset.build_model(), data, preset.train_config(**overrides), out=out)
     history = trainer.run(progress=not args.no_progress)
-    model_path = trainer.export(out / "model.safetensors")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.export_dtype
+    ]
+    model_path = trainer.export(out / "model.safetensors", dtype=dtype)
     if history:
         first = sum(h["loss"] for h in history[:50]) / min(50, len(history))
         last = sum(h["loss"] for h in history[-50:]) / min(50, len(history))
@@ -327,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
         "quality figures (and OUT/demo_metrics.json).",
     )
     demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the pictures")
-    demo.add_argument("--steps", type=int, default=32)
+    demo.add_argument("--steps", type=int, default=24)
     demo.add_argument("--solver", default="heun", choices=tuple(SOLVERS))
     demo.add_argument("--cfg-scale", type=float, default=2.0)
     demo.add_argument("--nag-scale", type=float, default=0.5)
@@ -393,6 +396,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CHECKPOINT",
         help="start from these weights (e.g. add NAG to a no-dropout model)",
+    )
+    train.add_argument(
+        "--export-dtype",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16"),
+        help="dtype of the weights in OUT/model.safetensors (fp16 halves the "
+        "file; the shipped checkpoints use it)",
     )
     train.add_argument("--no-progress", action="store_true")
 

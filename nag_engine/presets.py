@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {
             "schedule": "linear",
         },
         train={
-            "steps": 12000,
+            "steps": 8000,
             "batch_size": 128,
             "lr": 1e-3,
             "warmup_steps": 500,
