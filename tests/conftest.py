@@ -35,6 +35,16 @@ def mode_statistics(model: GaussianMixtureModel, x: torch.Tensor) -> dict[str, f
     return {"chi2_p": chi2_pvalue(chi2, num_modes - 1), "mean_err": mean_err, "std_err": std_err}
 
 
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The reference networks start with zero output (adaLN-Zero); give them small random
+    weights so tests see non-trivial outputs. Returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
 N_SAMPLES = 4000
 
 

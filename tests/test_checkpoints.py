@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import randomized
 
 from nag_engine import checkpoints
 from nag_engine.checkpoints import (
@@ -18,18 +19,12 @@ from nag_engine.checkpoints import (
 from nag_engine.models import DiT, MLPDenoiser
 
 
-def _random(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
-
-
 def _tiny_models():
     return [
-        _random(MLPDenoiser(2, hidden=16, depth=2, num_classes=3, prediction="eps", schedule="vp")),
-        _random(
+        randomized(
+            MLPDenoiser(2, hidden=16, depth=2, num_classes=3, prediction="eps", schedule="vp")
+        ),
+        randomized(
             DiT(
                 input_size=8,
                 patch_size=2,
@@ -57,7 +52,7 @@ def test_round_trip(tmp_path, model):
 
 
 def test_ema_or_raw_weights_and_small_dtype(tmp_path):
-    model, ema = _tiny_models()[0], _random(_tiny_models()[0], seed=5)
+    model, ema = _tiny_models()[0], randomized(_tiny_models()[0], seed=5)
     path = save_checkpoint(tmp_path / "m.safetensors", model, {"p_t": 0.0}, ema=ema)
     x, t = torch.randn(4, 2), torch.rand(4)
     torch.testing.assert_close(load_checkpoint(path)(x, t), ema(x, t))
@@ -78,7 +73,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, _random(model, seed=9), {"step": 2})
+        save_checkpoint(path, randomized(model, seed=9), {"step": 2})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temp file left
 

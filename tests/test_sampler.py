@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomized
 
 import nag_engine as ne
 from nag_engine.models import DiT, FunctionDenoiser, MLPDenoiser, ring_mixture
@@ -14,15 +15,6 @@ from nag_engine.noise import CounterNoise
 @pytest.fixture(scope="module")
 def mixture():
     return ring_mixture(8, num_classes=4, time_points=64)
-
-
-def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Reference networks start at zero output; give them random weights."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 def test_same_seed_same_samples_and_different_seed_differs(mixture):
@@ -44,7 +36,7 @@ def test_results_do_not_depend_on_batch_size(mixture, solver):
 
 
 def test_network_results_do_not_depend_on_batch_size():
-    model = _perturbed(MLPDenoiser(2, hidden=32, depth=2, num_classes=3))
+    model = randomized(MLPDenoiser(2, hidden=32, depth=2, num_classes=3))
     kwargs = dict(y=torch.arange(20) % 3, cfg_scale=1.5, nag_scale=0.5, seed=2, progress=False)
     whole = ne.sample(model, 20, 6, **kwargs)
     split = ne.sample(model, 20, 6, batch_size=6, **kwargs)
@@ -220,7 +212,7 @@ def test_an_int_label_means_every_sample_has_that_class(mixture):
 
 
 def test_dit_samples_with_cfg_and_nag_in_bf16_close_to_fp32():
-    model = _perturbed(
+    model = randomized(
         DiT(
             input_size=8,
             patch_size=2,
@@ -240,7 +232,7 @@ def test_dit_samples_with_cfg_and_nag_in_bf16_close_to_fp32():
 
 
 def test_mlp_eps_model_on_vp_uses_its_declared_schedule():
-    model = _perturbed(MLPDenoiser(2, hidden=16, depth=1, prediction="eps", schedule="vp"))
+    model = randomized(MLPDenoiser(2, hidden=16, depth=1, prediction="eps", schedule="vp"))
     sampler = ne.Sampler(model, 5, solver="ddpm")
     assert sampler.schedule.name == "vp" and sampler.prediction == "eps"
     assert torch.isfinite(sampler.sample(8, progress=False)).all()
