@@ -127,3 +127,16 @@ def test_training_with_the_contrastive_loss(ring):
     history = trainer.run(progress=False)
     assert all("cdl" in h and h["cdl"] > 0 for h in history)
     assert _held_out_loss(trainer.model, ring) < before
+
+
+def test_evaluation_hook_runs_every_n_steps(ring):
+    seen = []
+
+    def evaluate(trainer):
+        seen.append(trainer.step)
+        return {"held_out": _held_out_loss(trainer.ema, ring)}
+
+    trainer = Trainer(_model(ring), ring, _config(steps=10, eval_every=4), eval_fn=evaluate)
+    history = trainer.run(progress=False)
+    assert seen == [4, 8]
+    assert [h["step"] for h in history if "held_out" in h] == [4, 8]
