@@ -103,6 +103,13 @@ def run_sample(args: argparse.Namespace) -> int:
         options["cfg_interval"] = tuple(args.cfg_interval)
     if args.nag_interval:
         options["nag_interval"] = tuple(args.nag_interval)
+    if args.eps_scaling:
+        options["eps_scaling"] = {"k": args.eps_scaling[0], "b": args.eps_scaling[1]}
+    if args.shift_window:
+        options["time_shift_sampler"] = {
+            "window": args.shift_window,
+            "data_variance": args.shift_data_variance,
+        }
     sampler = Sampler(
         model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
@@ -358,7 +365,31 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--nag-scale", type=float, default=0.0, help="0.0 = off")
     sample.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
     sample.add_argument("--nag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
-    sample.add_argument("--time-shift", type=float, default=1.0)
+    sample.add_argument(
+        "--time-shift",
+        type=float,
+        default=1.0,
+        help="SD3-style timestep shift of the grid (1.0 = uniform)",
+    )
+    sample.add_argument(
+        "--eps-scaling",
+        type=float,
+        nargs=2,
+        metavar=("K", "B"),
+        help="epsilon scaling (Ning et al.): divide predicted noise by K t + B",
+    )
+    sample.add_argument(
+        "--shift-window",
+        type=float,
+        default=0.0,
+        help="time-shift sampler (Li et al.): window in t (0 = off)",
+    )
+    sample.add_argument(
+        "--shift-data-variance",
+        type=float,
+        default=1.0,
+        help="data variance per dimension assumed by the time-shift sampler",
+    )
     sample.add_argument(
         "--label", type=int, default=None, help="class of every sample (default: classes in turn)"
     )

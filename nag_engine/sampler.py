@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .guidance import Guidance, GuidancePlan, Pass
 from .noise import CounterNoise
 from .predictions import check_prediction
@@ -130,6 +131,8 @@ class Sampler:
         device: Union[None, str, torch.device] = None,
         dtype: Union[None, str, torch.dtype] = None,
         sample_shape: Optional[Sequence[int]] = None,
+        eps_scaling: Optional[dict] = None,
+        time_shift_sampler: Optional[dict] = None,
         **solver_options: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -171,6 +174,10 @@ class Sampler:
             )
         self.dtype = resolve_dtype(dtype, model)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        scaling = check_eps_scaling(eps_scaling)
+        self._forward = EpsilonScaledModel(model, self.schedule, *scaling) if scaling else model
+        shift = check_time_shift(time_shift_sampler)
+        self._time_shift = TimeShift(self.schedule, device=self.device, **shift) if shift else None
         self._coef = self.stages.tensors(self.device)
         self._weights = self.plan.weight_table(self.device)
         self._step_ids = torch.arange(self.steps, device=self.device)
@@ -325,8 +332,11 @@ class Sampler:
                 passes = plan.passes[k]
                 p, rows = len(passes), len(passes) * batch
                 t_in[:rows].fill_(coef["t"][k])
+                if self._time_shift is not None:  # per-sample times from the state's variance
+                    shifted = self._time_shift(x_in[:batch], coef["t"][k])
+                    t_in[:rows].view(p, batch).copy_(shifted.expand(p, batch))
                 drop_t, drop_y = bufs["flags"][passes]
-                out = self.model(
+                out = self._forward(
                     x_in[:rows],
                     t_in[:rows],
                     y_in[:rows] if y_in is not None else None,
@@ -411,7 +421,9 @@ def sample(
     """Draw n samples from `model` in `steps` solver steps with CFG and / or classifier-free NAG.
 
     `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: cfg_interval,
-    nag_interval, time_shift, t_max, sample_shape, and the solver's own (eta for ddim,
+    nag_interval, time_shift, t_max, sample_shape, eps_scaling ({"k", "b"}: Ning et al.),
+    time_shift_sampler ({"window", "data_variance", "candidates"}: Li et al.; see
+    nag_engine.corrections), and the solver's own (eta for ddim,
     diffusion / diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the
     trajectory [steps + 1, n, ...] when `return_trajectory`."""
     sampler = Sampler(

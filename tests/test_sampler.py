@@ -137,7 +137,12 @@ def _count_calls(monkeypatch, target, name):
     return counter
 
 
-def test_step_loop_neither_concatenates_nor_reads_tensors_back(monkeypatch):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"eps_scaling": {"k": 0.01, "b": 1.002}, "time_shift_sampler": {"window": 0.05}}],
+    ids=["plain", "corrections"],
+)
+def test_step_loop_neither_concatenates_nor_reads_tensors_back(monkeypatch, options):
     """The counts of torch.cat calls and tensor-to-host reads do not grow with the number of
     steps: no per-step concatenation and no per-step host synchronisation."""
     model = FunctionDenoiser(
@@ -145,7 +150,9 @@ def test_step_loop_neither_concatenates_nor_reads_tensors_back(monkeypatch):
     )
     counts = []
     for steps in (3, 12):
-        sampler = ne.Sampler(model, steps, cfg_scale=2.0, nag_scale=1.0, solver="euler-maruyama")
+        sampler = ne.Sampler(
+            model, steps, cfg_scale=2.0, nag_scale=1.0, solver="euler-maruyama", **options
+        )
         cat = _count_calls(monkeypatch, torch, "cat")
         reads = [
             _count_calls(monkeypatch, torch.Tensor, name)
