@@ -108,7 +108,8 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, T
     return json.loads(metadata["nag_engine"]), tensors
 
 
-def _section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def tensor_section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors whose names start with `prefix` ("model.", "ema.", ...), prefix removed."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -141,7 +142,8 @@ def load_checkpoint(
     model = build_model(config)
     prefix = "ema." if weights == "ema" and config.get("has_ema") else "model."
     state = {
-        k: v.float() if v.is_floating_point() else v for k, v in _section(tensors, prefix).items()
+        k: v.float() if v.is_floating_point() else v
+        for k, v in tensor_section(tensors, prefix).items()
     }
     try:
         model.load_state_dict(state, strict=True)

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoints import build_model, read_checkpoint, save_checkpoint
+from ..checkpoints import (
+    build_model,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    tensor_section,
+)
 from .data import DataSet
 from .losses import denoising_loss
 
@@ -265,9 +271,8 @@ class Trainer:
             device=device,
             finetuned_from=config.get("finetuned_from"),
         )
-        section = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        trainer.model.load_state_dict(section)
-        trainer.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        trainer.model.load_state_dict(tensor_section(tensors, "model."))
+        trainer.ema.load_state_dict(tensor_section(tensors, "ema."))
         optim_state: dict[int, dict[str, Tensor]] = {}
         for name, value in tensors.items():
             if name.startswith("optim."):
@@ -292,13 +297,8 @@ class Trainer:
     ) -> Trainer:
         """Start a new run from a checkpoint's weights (the paper adds NAG to a pretrained
         model this way: fine-tune with noise-condition dropout on)."""
-        saved, tensors = read_checkpoint(path)
-        model = build_model(saved)
-        prefix = "ema." if saved.get("has_ema") else "model."
-        model.load_state_dict(
-            {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-        )
-        return cls(model, data, config, finetuned_from=str(path), **kwargs)
+        # the EMA weights where the file has them; the Trainer makes the model trainable again
+        return cls(load_checkpoint(path), data, config, finetuned_from=str(path), **kwargs)
 
 
 def config_to_json(config: TrainConfig) -> str:
