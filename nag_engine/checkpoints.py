@@ -29,8 +29,9 @@ class CheckpointError(ValueError):
 def _architectures() -> dict[str, type]:
     from .models.dit import DiT
     from .models.mlp import MLPDenoiser
+    from .models.noise_head import NoiseLevelHead
 
-    return {"MLPDenoiser": MLPDenoiser, "DiT": DiT}
+    return {"MLPDenoiser": MLPDenoiser, "DiT": DiT, "NoiseLevelHead": NoiseLevelHead}
 
 
 def architecture_name(model: nn.Module) -> str:
@@ -121,7 +122,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"unknown architecture {name!r}: known are {tuple(architectures)}")
     model = architectures[name](**config["model"])
     # the null noise embedding is only meaningful if the model was trained with it
-    model.supports_noise_dropout = float(config.get("p_t", 0.0)) > 0.0
+    if config.get("train", {}).get("objective", "denoise") == "denoise":
+        model.supports_noise_dropout = float(config.get("p_t", 0.0)) > 0.0
     return model
 
 

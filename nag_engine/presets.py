@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
 from .models.dit import DiT
 from .models.mlp import MLPDenoiser
+from .models.noise_head import NoiseLevelHead
 from .training.trainer import TrainConfig
 
 
@@ -28,8 +29,15 @@ class Preset:
     architecture: str
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
+    # a noise-level head preset names the shipped denoiser whose body it starts from
+    head_of: Optional[str] = None
 
     def build_model(self) -> nn.Module:
+        if self.head_of is not None:
+            from .checkpoints import load_checkpoint
+
+            denoiser = load_checkpoint(shipped_checkpoint(self.head_of))
+            return NoiseLevelHead.from_denoiser(denoiser, **self.model)
         cls = {"MLPDenoiser": MLPDenoiser, "DiT": DiT}[self.architecture]
         return cls(**self.model)
 
@@ -87,13 +95,49 @@ PRESETS: dict[str, Preset] = {
             "checkpoint_every": 2000,
         },
     ),
+    # the noise-level regressors (the NAG paper's estimator for classifier-based NAG and for
+    # measuring noise shift), fine-tuned from the shipped denoisers on forward-process pairs
+    "toy2d-level": Preset(
+        dataset="ring",
+        dataset_params={"n": 20000, "seed": 0},
+        architecture="NoiseLevelHead",
+        model={"log_snr_range": (-10.0, 10.0)},
+        train={
+            "objective": "noise_level",
+            "steps": 3000,
+            "batch_size": 512,
+            "lr": 1e-3,
+            "warmup_steps": 100,
+            "ema_decay": 0.995,
+            "p_c": 0.2,
+            "checkpoint_every": 1000,
+        },
+        head_of="toy2d",
+    ),
+    "digits-level": Preset(
+        dataset="digits",
+        dataset_params={},
+        architecture="NoiseLevelHead",
+        model={"log_snr_range": (-10.0, 10.0)},
+        train={
+            "objective": "noise_level",
+            "steps": 3000,
+            "batch_size": 128,
+            "lr": 5e-4,
+            "warmup_steps": 100,
+            "ema_decay": 0.995,
+            "p_c": 0.2,
+            "checkpoint_every": 1000,
+        },
+        head_of="digits",
+    ),
 }
 
-SHIPPED = ("toy2d", "digits")
+SHIPPED = ("toy2d", "digits", "toy2d-level", "digits-level")
 
 
 def shipped_checkpoint(name: str) -> Path:
-    """Path of a checkpoint shipped inside the package ("toy2d" or "digits")."""
+    """Path of a checkpoint shipped inside the package (one of `SHIPPED`)."""
     if name not in SHIPPED:
         raise ValueError(f"no shipped checkpoint {name!r}: choose one of {SHIPPED}")
     path = Path(str(resources.files("nag_engine") / "assets" / f"{name}.safetensors"))

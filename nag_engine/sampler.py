@@ -7,7 +7,9 @@ Per model evaluation k the sampler
    next model input into the buffer (no torch.cat per step).
 Which passes run and every coefficient are fixed on the host before the loop; the loop never
 reads a tensor value back (non-finite states are flagged on the device and read once per batch),
-so it can later be captured as a CUDA graph.
+so it can later be captured as a CUDA graph. (Classifier-based NAG is the exception by design: it
+runs a noise-level estimator's autograd inside the loop, and whether that syncs depends on the
+estimator.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .guidance import Guidance, GuidancePlan, Pass
 from .noise import CounterNoise
@@ -133,6 +136,9 @@ class Sampler:
         sample_shape: Optional[Sequence[int]] = None,
         eps_scaling: Optional[dict] = None,
         time_shift_sampler: Optional[dict] = None,
+        noise_estimator: Any = None,
+        classifier_nag_scale: float = 0.0,
+        classifier_nag_interval: Optional[tuple[float, float]] = None,
         **solver_options: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -178,6 +184,21 @@ class Sampler:
         self._forward = EpsilonScaledModel(model, self.schedule, *scaling) if scaling else model
         shift = check_time_shift(time_shift_sampler)
         self._time_shift = TimeShift(self.schedule, device=self.device, **shift) if shift else None
+        self._classifier: Optional[ClassifierNAG] = None
+        if classifier_nag_scale != 0.0:
+            if noise_estimator is None:
+                raise ValueError(
+                    f"classifier_nag_scale={classifier_nag_scale} needs a noise_estimator "
+                    "(ExactPosterior or a NoiseLevelHead); pass one or use classifier_nag_scale=0"
+                )
+            self._classifier = ClassifierNAG(
+                noise_estimator,
+                classifier_nag_scale,
+                self.stages.t,
+                self.schedule,
+                self.prediction,
+                classifier_nag_interval,
+            )
         self._coef = self.stages.tensors(self.device)
         self._weights = self.plan.weight_table(self.device)
         self._step_ids = torch.arange(self.steps, device=self.device)
@@ -349,6 +370,11 @@ class Sampler:
                         f"model output has shape {got}, expected "
                         f"{tuple(x_in[:rows].shape)} (the shape of its input x)"
                     )
+                if self._classifier is not None and self._classifier.active(k):
+                    delta = self._classifier.delta(
+                        k, x_in[:batch].float(), y_in[:batch] if y_in is not None else None
+                    )
+                    out.view(p, batch, *shape).add_(delta.to(out.dtype))
                 p_next = plan.num_passes(k + 1) if k + 1 < len(stages) else 0
                 z = noise.normal(index, k + 1) if stages.c[k] != 0.0 else None
                 new_x, g = guided_step(
@@ -423,7 +449,8 @@ def sample(
     `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: cfg_interval,
     nag_interval, time_shift, t_max, sample_shape, eps_scaling ({"k", "b"}: Ning et al.),
     time_shift_sampler ({"window", "data_variance", "candidates"}: Li et al.; see
-    nag_engine.corrections), and the solver's own (eta for ddim,
+    nag_engine.corrections), classifier-based NAG (noise_estimator, classifier_nag_scale,
+    classifier_nag_interval; see nag_engine.classifier_nag), and the solver's own (eta for ddim,
     diffusion / diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the
     trajectory [steps + 1, n, ...] when `return_trajectory`."""
     sampler = Sampler(

@@ -111,7 +111,7 @@ def interpolate_log_density(grid: Tensor, log_density: Tensor, t: Union[float, T
     rows = log_density.shape[0]
     t = torch.as_tensor(t, dtype=log_density.dtype, device=log_density.device).expand(rows)
     grid = grid.to(log_density)
-    t = t.clamp(float(grid[0]), float(grid[-1]))
+    t = torch.minimum(torch.maximum(t, grid[0]), grid[-1])  # no host read
     hi = torch.searchsorted(grid, t.detach().contiguous()).clamp(1, len(grid) - 1)
     lo = hi - 1
     t_lo, t_hi = grid[lo], grid[hi]

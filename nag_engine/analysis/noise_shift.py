@@ -39,6 +39,7 @@ __all__ = [
     "QUANTILE_LEVELS",
     "NoiseShiftReport",
     "measure_noise_shift",
+    "shift_bound",
     "shift_figure",
 ]
 
@@ -405,19 +406,77 @@ def _panel(report: NoiseShiftReport, size: int, margin: int) -> np.ndarray:
     return image
 
 
+def _shift_panel(report: NoiseShiftReport, size: int, margin: int, bound: float) -> np.ndarray:
+    """One panel of the shift itself: nominal t (horizontal) against shift in [-bound, bound]
+    (vertical, 0 in the middle, grey line), the shift (red) with a +-2 standard-error band."""
+    side = size + 2 * margin
+    image = np.empty((side, side, 3), dtype=np.uint8)
+    image[:] = BACKGROUND
+    span = size - 1
+
+    def col(t: np.ndarray) -> np.ndarray:
+        return margin + np.clip(np.asarray(t, np.float64), 0.0, 1.0) * span
+
+    def row(value: np.ndarray) -> np.ndarray:
+        frac = 0.5 + 0.5 * np.clip(np.asarray(value, np.float64) / bound, -1.0, 1.0)
+        return margin + (1.0 - frac) * span
+
+    _draw_polyline(image, col(np.array([0.0, 1.0])), row(np.zeros(2)), DIAGONAL, width=1)
+    t = np.asarray(report.t, np.float64)
+    shift, se = np.asarray(report.shift), np.asarray(report.shift_se)
+    _fill_band(image, col(t), row(shift - 2 * se), row(shift + 2 * se), SAMPLER, 0.25)
+    _draw_polyline(image, col(t), row(shift), SAMPLER, width=2)
+    lo, hi = margin - 1, margin + size
+    box_c = np.array([lo, hi, hi, lo, lo], np.float64)
+    box_r = np.array([lo, lo, hi, hi, lo], np.float64)
+    _draw_polyline(image, box_c, box_r, AXES, width=1)
+    tick = max(2, margin // 3)
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        c = float(col(value))
+        _draw_polyline(image, np.array([c, c]), np.array([hi, hi + tick]), AXES, width=1)
+    for value in (-bound, -0.5 * bound, 0.0, 0.5 * bound, bound):
+        r = float(row(value))
+        _draw_polyline(image, np.array([lo - tick, lo]), np.array([r, r]), AXES, width=1)
+    return image
+
+
+def shift_bound(reports: dict[str, NoiseShiftReport]) -> float:
+    """The vertical half-range of the shift panels: the largest |shift| + 2 SE over all
+    reports, rounded up to 1, 2 or 5 times a power of ten (shared, so panels compare)."""
+    peak = max(
+        float(np.max(np.abs(np.asarray(r.shift)) + 2 * np.asarray(r.shift_se)))
+        for r in reports.values()
+    )
+    peak = max(peak, 1e-6)
+    power = 10.0 ** math.floor(math.log10(peak))
+    return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= peak)
+
+
 def shift_figure(
-    reports: dict[str, NoiseShiftReport], *, panel_size: int = 200, margin: int = 16
+    reports: dict[str, NoiseShiftReport],
+    *,
+    panel_size: int = 200,
+    margin: int = 16,
+    show_shift: bool = False,
 ) -> np.ndarray:
     """A uint8 RGB image [panel_size + 2 margin, len(reports) * (panel_size + 2 margin), 3]: one
     panel per report (in dict order, e.g. one per guidance setting), side by side.
 
     Each panel plots nominal t (horizontal, 0 left, 1 right) against estimated level (vertical,
     0 bottom, 1 top): the sampler's mean level (red) with a shaded +-1 std band, the forward
-    reference (blue) and the diagonal (grey). No text; write it with
+    reference (blue) and the diagonal (grey). With `show_shift` a second row (image twice as
+    tall) plots the shift itself against nominal t on a scale shared by all panels
+    (``shift_bound``; ticks at -bound, -bound/2, 0, bound/2, bound): the red line with a +-2
+    standard-error band, zero as a grey line. No text; write it with
     ``nag_engine.images.encode_png``."""
     if not reports:
         raise ValueError("shift_figure needs at least one report")
     if panel_size < 8 or margin < 3:
         raise ValueError(f"panel_size must be >= 8 and margin >= 3, got {panel_size}, {margin}")
     panels = [_panel(report, panel_size, margin) for report in reports.values()]
-    return np.concatenate(panels, axis=1)
+    top = np.concatenate(panels, axis=1)
+    if not show_shift:
+        return top
+    bound = shift_bound(reports)
+    lower = [_shift_panel(r, panel_size, margin, bound) for r in reports.values()]
+    return np.concatenate([top, np.concatenate(lower, axis=1)], axis=0)

@@ -3,6 +3,7 @@
 from .analytic import GaussianMixtureModel, random_mixture, ring_mixture
 from .dit import DIT_CONFIGS, DiT, DiT_B_2, DiT_L_2, DiT_S_2, DiT_XL_2
 from .mlp import MLPDenoiser
+from .noise_head import NoiseLevelHead
 from .wrappers import FunctionDenoiser
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "FunctionDenoiser",
     "GaussianMixtureModel",
     "MLPDenoiser",
+    "NoiseLevelHead",
     "random_mixture",
     "ring_mixture",
 ]

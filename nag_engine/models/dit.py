@@ -275,7 +275,7 @@ class DiT(nn.Module):
         x = torch.einsum("bhwpqc->bchpwq", x)
         return x.reshape(x.shape[0], c, g * p, g * p)
 
-    def forward(
+    def features(
         self,
         x: Tensor,
         t: Tensor,
@@ -283,11 +283,9 @@ class DiT(nn.Module):
         *,
         drop_t: Tensor | None = None,
         drop_y: Tensor | None = None,
-    ) -> Tensor:
-        """Predict the ``prediction`` target for ``x`` at times ``t`` ``[B]``.
-
-        ``drop_y`` is ignored by an unconditional model; ``y`` given to one raises ValueError.
-        """
+    ) -> tuple[Tensor, Tensor]:
+        """(tokens ``[B, N, hidden]``, conditioning ``[B, hidden]``): what the final layer reads
+        (same arguments as ``forward``)."""
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -306,6 +304,22 @@ class DiT(nn.Module):
         h = self.x_embedder(x.to(dtype)) + self.pos_embed.to(dtype)
         for block in self.blocks:
             h = block(h, c)
+        return h, c
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        *,
+        drop_t: Tensor | None = None,
+        drop_y: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the ``prediction`` target for ``x`` at times ``t`` ``[B]``.
+
+        ``drop_y`` is ignored by an unconditional model; ``y`` given to one raises ValueError.
+        """
+        h, c = self.features(x, t, y, drop_t=drop_t, drop_y=drop_y)
         out = self.unpatchify(self.final_layer(h, c))
         return out.to(x.dtype)
 

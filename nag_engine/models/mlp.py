@@ -103,7 +103,7 @@ class MLPDenoiser(nn.Module):
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
-    def forward(
+    def features(
         self,
         x: Tensor,
         t: Tensor,
@@ -112,10 +112,8 @@ class MLPDenoiser(nn.Module):
         drop_t: Tensor | None = None,
         drop_y: Tensor | None = None,
     ) -> Tensor:
-        """Predict the ``prediction`` target for ``x`` ``[B, dim]`` at times ``t`` ``[B]``.
-
-        ``drop_y`` is ignored by an unconditional model; ``y`` given to one raises ValueError.
-        """
+        """The hidden state ``[B, hidden]`` that the output layer reads (same arguments as
+        ``forward``)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
         batch = x.shape[0]
@@ -130,5 +128,21 @@ class MLPDenoiser(nn.Module):
         h = self.input_proj(x.to(self.input_proj.weight.dtype))
         for block in self.blocks:
             h = block(h, c)
+        return h
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        *,
+        drop_t: Tensor | None = None,
+        drop_y: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the ``prediction`` target for ``x`` ``[B, dim]`` at times ``t`` ``[B]``.
+
+        ``drop_y`` is ignored by an unconditional model; ``y`` given to one raises ValueError.
+        """
+        h = self.features(x, t, y, drop_t=drop_t, drop_y=drop_y)
         out = self.output_proj(self.final_norm(h))
         return out.to(x.dtype)

@@ -119,3 +119,47 @@ def denoising_loss(
     target = training_target(x0, eps, t, sched, prediction)
     loss = ((out.float() - target) ** 2).mean()
     return LossOutput(loss, t, drop_t, drop_y)
+
+
+def noise_level_loss(
+    head: nn.Module,
+    x0: Tensor,
+    y: Optional[Tensor] = None,
+    *,
+    generator: torch.Generator,
+    p_c: float = 0.0,
+    time_distribution: str = "uniform",
+    time_mean: float = 0.0,
+    time_std: float = 1.0,
+) -> LossOutput:
+    """Gaussian negative log-likelihood of the clipped log-SNR of forward-noised data under a
+    noise-level head (`nag_engine.models.NoiseLevelHead`): the head sees x_t alone. Class
+    dropout `p_c` trains the head both with and without labels."""
+    if not hasattr(head, "target") or not hasattr(head, "schedule_obj"):
+        raise TypeError(
+            f"the noise_level objective trains a NoiseLevelHead, got {type(head).__name__}; "
+            "build one with NoiseLevelHead.from_denoiser(model)"
+        )
+    batch, device = len(x0), x0.device
+    t = sample_time(
+        batch,
+        generator,
+        distribution=time_distribution,
+        mean=time_mean,
+        std=time_std,
+        device=device,
+    )
+    eps = torch.randn(x0.shape, generator=generator, device=device)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    sched = head.schedule_obj
+    x_t = sched.alpha(t.double()).float().view(shape) * x0
+    x_t = x_t + sched.sigma(t.double()).float().view(shape) * eps
+    drop_y = None
+    if y is not None and getattr(head, "num_classes", None) is not None:
+        drop_y = torch.rand(batch, generator=generator, device=device) < p_c
+    else:
+        y = None
+    mu, log_var = head(x_t, y, drop_y=drop_y)
+    target = head.target(t.double()).float()
+    nll = 0.5 * ((target - mu) ** 2 * torch.exp(-log_var) + log_var)
+    return LossOutput(nll.mean(), t, torch.ones(batch, dtype=torch.bool, device=device), drop_y)

@@ -29,9 +29,10 @@ from ..checkpoints import (
     tensor_section,
 )
 from .data import DataSet
-from .losses import denoising_loss
+from .losses import denoising_loss, noise_level_loss
 
 Tensor = torch.Tensor
+OBJECTIVES = ("denoise", "noise_level")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     time_distribution: str = "uniform"
     time_mean: float = 0.0
     time_std: float = 1.0
+    objective: str = "denoise"  # or "noise_level": fine-tune a NoiseLevelHead (p_t is unused)
     cdl_weight: float = 0.0  # weight of the contrastive diffusion loss
     cdl_samples: int = 4  # log-SNR samples per point in the CDL estimate (1 is very noisy)
     checkpoint_every: int = 0  # 0: only at the end
@@ -65,6 +67,10 @@ class TrainConfig:
         for name in ("p_t", "p_c"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "noise_level" and self.cdl_weight > 0:
+            raise ValueError("cdl_weight applies to denoisers; set it to 0 for a noise-level head")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -91,7 +97,13 @@ class Trainer:
         device: Union[None, str, torch.device] = None,
         finetuned_from: Optional[str] = None,
     ):
-        if config.p_t > 0 and not getattr(model, "supports_noise_dropout", False):
+        is_head = config.objective == "noise_level"
+        if is_head != (getattr(model, "prediction", "") is None):
+            raise ValueError(
+                "objective='noise_level' trains a NoiseLevelHead and objective='denoise' a "
+                f"denoiser; got objective={config.objective!r} with a {type(model).__name__}"
+            )
+        if not is_head and config.p_t > 0 and not getattr(model, "supports_noise_dropout", False):
             # models loaded from a checkpoint without noise dropout say False; the architecture
             # has the null embedding, so training with p_t > 0 is what adds NAG support
             if not hasattr(type(model), "supports_noise_dropout"):
@@ -125,17 +137,17 @@ class Trainer:
             group["lr"] = self._lr()
         autocast = self.device.type == "cuda" and cfg.bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = denoising_loss(
-                self.model,
-                x0,
-                y,
-                generator=self.noise_generator,
-                p_t=cfg.p_t,
-                p_c=cfg.p_c,
-                time_distribution=cfg.time_distribution,
-                time_mean=cfg.time_mean,
-                time_std=cfg.time_std,
-            )
+            common = {
+                "generator": self.noise_generator,
+                "p_c": cfg.p_c,
+                "time_distribution": cfg.time_distribution,
+                "time_mean": cfg.time_mean,
+                "time_std": cfg.time_std,
+            }
+            if cfg.objective == "noise_level":
+                out = noise_level_loss(self.model, x0, y, **common)
+            else:
+                out = denoising_loss(self.model, x0, y, p_t=cfg.p_t, **common)
             loss = out.loss
             terms = {"loss": out.loss}
             if cfg.cdl_weight > 0:
@@ -206,7 +218,7 @@ class Trainer:
         return {
             "schedule": getattr(self.model, "schedule", "linear"),
             "prediction": self.model.prediction,
-            "p_t": self.config.p_t,
+            "p_t": self.config.p_t if self.config.objective == "denoise" else 0.0,
             "p_c": self.config.p_c,
             "cdl_weight": self.config.cdl_weight,
             "dataset": self.data.info,
@@ -296,9 +308,16 @@ class Trainer:
         **kwargs: Any,
     ) -> Trainer:
         """Start a new run from a checkpoint's weights (the paper adds NAG to a pretrained
-        model this way: fine-tune with noise-condition dropout on)."""
+        model this way: fine-tune with noise-condition dropout on). With
+        ``config.objective == "noise_level"`` a denoiser checkpoint becomes the body of a fresh
+        `NoiseLevelHead`."""
         # the EMA weights where the file has them; the Trainer makes the model trainable again
-        return cls(load_checkpoint(path), data, config, finetuned_from=str(path), **kwargs)
+        model = load_checkpoint(path)
+        if config.objective == "noise_level" and getattr(model, "prediction", None) is not None:
+            from ..models.noise_head import NoiseLevelHead
+
+            model = NoiseLevelHead.from_denoiser(model)
+        return cls(model, data, config, finetuned_from=str(path), **kwargs)
 
 
 def config_to_json(config: TrainConfig) -> str:
