@@ -269,12 +269,12 @@ def _digit_metrics(x, labels, data, classifier):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .presets import SHIPPED
+    from .presets import SHIPPED_DENOISERS
 
     out = Path(args.out)
     rows = []
     started = time.perf_counter()
-    for name in SHIPPED:
+    for name in SHIPPED_DENOISERS:
         model, reference = resolve_model(name)
         n = args.n_toy if name == "toy2d" else args.n_digits
         labels = torch.arange(n) % model.num_classes
@@ -397,9 +397,14 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  architecture  {config['architecture']}  ({params / 1e6:.3f} M parameters)")
     print(f"  model         {json.dumps(config['model'])}")
     print(f"  schedule      {config.get('schedule')}   prediction {config.get('prediction')}")
-    p_t = float(config.get("p_t") or 0.0)
-    nag = "NAG supported" if p_t > 0 else "NAG NOT supported"
-    print(f"  dropout       p_t={p_t} (noise condition), p_c={config.get('p_c')} (class): {nag}")
+    if config.get("train", {}).get("objective") == "noise_level":
+        print("  role          noise-level head: log p(t | x) for analyze and classifier-based NAG")
+    else:
+        p_t = float(config.get("p_t") or 0.0)
+        nag = "NAG supported" if p_t > 0 else "NAG NOT supported"
+        print(
+            f"  dropout       p_t={p_t} (noise condition), p_c={config.get('p_c')} (class): {nag}"
+        )
     print(f"  trained on    {json.dumps(config.get('dataset'))}")
     weights = "EMA" if config.get("ema_weights") or config.get("has_ema") else "raw"
     resumable = "optimizer_groups" in config

@@ -133,7 +133,8 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-SHIPPED = ("toy2d", "digits", "toy2d-level", "digits-level")
+SHIPPED_DENOISERS = ("toy2d", "digits")
+SHIPPED = SHIPPED_DENOISERS + tuple(f"{name}-level" for name in SHIPPED_DENOISERS)
 
 
 def shipped_checkpoint(name: str) -> Path:

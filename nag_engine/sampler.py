@@ -148,6 +148,11 @@ class Sampler:
             )
         self.model = model
         self.steps = _check_positive_int("steps", steps)
+        if getattr(model, "prediction", "velocity") is None:
+            raise TypeError(
+                f"a {type(model).__name__} is not a denoiser (it predicts no sampling target); "
+                "sample from a denoiser and pass a noise-level head as noise_estimator="
+            )
         self.prediction = check_prediction(
             getattr(model, "prediction", "velocity"), "model.prediction"
         )
@@ -184,6 +189,7 @@ class Sampler:
         self._forward = EpsilonScaledModel(model, self.schedule, *scaling) if scaling else model
         shift = check_time_shift(time_shift_sampler)
         self._time_shift = TimeShift(self.schedule, device=self.device, **shift) if shift else None
+        self.classifier_nag_scale = float(classifier_nag_scale)
         self._classifier: Optional[ClassifierNAG] = None
         if classifier_nag_scale != 0.0:
             if noise_estimator is None:

@@ -116,3 +116,11 @@ def test_bad_configuration_is_refused(mixture):
             classifier_nag_scale=1.0,
             classifier_nag_interval=(0.8, 0.2),
         )
+
+
+def test_a_noise_level_head_is_not_sampled_from():
+    from nag_engine.models import MLPDenoiser, NoiseLevelHead
+
+    head = NoiseLevelHead.from_denoiser(MLPDenoiser(dim=2, hidden=8, depth=1))
+    with pytest.raises(TypeError, match="not a denoiser"):
+        Sampler(head, 4)

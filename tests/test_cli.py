@@ -174,3 +174,65 @@ def test_train_resume_and_config_file(tmp_path, capsys):
     assert main(["info", str(tmp_path / "moons" / "model.safetensors")]) == 0
     assert '"name": "moons"' in capsys.readouterr().out
     assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_analyze_writes_figure_json_csv_and_a_table(tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    out = tmp_path / "an"
+    args = ["analyze", "--model", "ring-exact", "--settings", "none,nag,cnag,time-shift"]
+    code = main(args + ["--n", "64", "--steps", "4", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    for setting in ("none", "nag", "cnag", "time-shift"):
+        assert setting in text
+    image = _decode_png((out / "noise_shift.png").read_bytes())
+    assert image.shape == (2 * 232, 4 * 232, 3)  # two rows (level, shift) of 4 panels
+    data = json.loads((out / "noise_shift.json").read_text())
+    assert data["estimator"] == "ExactPosterior"
+    assert list(data["settings"]) == ["none", "nag", "cnag", "time-shift"]
+    assert data["settings"]["nag"]["meta"]["nag_scale"] == 0.5
+    rows = list(csv.DictReader(io.StringIO((out / "noise_shift.csv").read_text())))
+    assert len(rows) == 4 * 4 and {r["setting"] for r in rows} == set(data["settings"])
+    for name, report in data["settings"].items():
+        shifts = [float(r["shift"]) for r in rows if r["setting"] == name]
+        assert shifts == pytest.approx(report["shift"])
+
+
+def test_analyze_refuses_bad_settings_and_estimators(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    assert main(["analyze", "--model", "ring-exact", "--settings", "none,magic", "--out", out]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert main(["analyze", "--model", "digits", "--estimator", "exact", "--out", out]) == 2
+    assert "mixture" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_analyze_digits_with_the_shipped_head(tmp_path, capsys):
+    out = tmp_path / "d"
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "digits",
+            "--settings",
+            "none,cnag",
+            "--n",
+            "20",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "NoiseLevelHead" in capsys.readouterr().out
+    assert (out / "noise_shift.png").is_file()
+
+
+def test_info_describes_a_noise_level_head(capsys):
+    assert main(["info", "digits-level"]) == 0
+    text = capsys.readouterr().out
+    assert "NoiseLevelHead" in text and "noise-level head" in text

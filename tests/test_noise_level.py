@@ -280,3 +280,38 @@ class _NoData:
 
     def log_prob(self, x, t, y=None):
         raise AssertionError("not reached")
+
+
+def _constant_shift_report(value: float, steps: int = 8) -> NoiseShiftReport:
+    t = np.linspace(1.0, 1.0 / steps, steps)
+    zeros = np.zeros(steps)
+    return NoiseShiftReport(
+        step=np.arange(steps),
+        t=t,
+        sampler_mean=t + value,
+        sampler_std=zeros + 0.05,
+        forward_mean=t,
+        forward_std=zeros + 0.05,
+        shift=zeros + value,
+        shift_se=zeros + 0.001,
+        sampler_spread=zeros,
+        forward_spread=zeros,
+        sampler_quantiles=np.zeros((steps, 5)),
+        forward_quantiles=np.zeros((steps, 5)),
+        n=100,
+    )
+
+
+def test_shift_row_draws_the_sign_of_the_shift_on_a_shared_scale():
+    from nag_engine.analysis.noise_shift import shift_bound
+
+    reports = {"up": _constant_shift_report(0.03), "down": _constant_shift_report(-0.015)}
+    assert shift_bound(reports) == pytest.approx(0.05)  # 0.032 rounded up to 1-2-5
+    image = shift_figure(reports, panel_size=100, margin=10, show_shift=True)
+    assert image.shape == (240, 240, 3)
+    red = (image[..., 0] > 150) & (image[..., 1] < 90)
+    middle = 120 + 10 + 50  # the zero line of the lower row
+    up_rows = np.nonzero(red[120:, :120].any(axis=1))[0] + 120
+    down_rows = np.nonzero(red[120:, 120:].any(axis=1))[0] + 120
+    assert up_rows.max() < middle - 20  # +0.03 of +-0.05: 30 px above zero
+    assert down_rows.min() > middle + 10  # -0.015: 15 px below

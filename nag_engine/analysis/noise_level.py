@@ -20,15 +20,13 @@ Implementations here:
   the data noised to each level of a grid, plus the log prior of that level, softmaxed over the
   grid. Monte-Carlo, with common random numbers across the grid. Not differentiable here.
 
-Where a learned estimator plugs in. The NAG paper's classifier-based variant uses a regressor
-head fine-tuned from the denoiser that reads the noise level off x. Such a head fits this module
-as one more class implementing `DifferentiableNoiseLevelEstimator`: ``estimate`` returns the
-head's predictive mean and spread, ``log_prob`` its predictive density of t (a Gaussian on t, or
-a categorical over a t-grid turned into a density as `ExactPosterior` does), and
-``grad_log_prob`` autograd through the head. `ExactPosterior` is the reference to test it
+The learned estimator. The NAG paper's classifier-based variant uses a regressor head fine-tuned
+from the denoiser that reads the noise level off x: `nag_engine.models.NoiseLevelHead` (a
+Gaussian over the log-SNR; ``estimate``, ``log_prob`` and ``grad_log_prob`` by autograd), trained
+with ``TrainConfig(objective="noise_level")``. `ExactPosterior` is the reference it is tested
 against (same call signatures, same density convention on t), and everything that consumes
-estimators (`nag_engine.analysis.noise_shift`, classifier-based guidance) takes the protocol,
-not a class.
+estimators (`nag_engine.analysis.noise_shift`, classifier-based NAG) takes the protocol, not a
+class.
 
 Conventions: t in [0, 1] (0 data, 1 noise), densities are with respect to t, estimates are
 float64 tensors of shape [B].

@@ -215,6 +215,7 @@ def measure_noise_shift(
     reference: Optional[Reference] = None,
     batch_size: Optional[int] = None,
     quantile_levels: Sequence[float] = QUANTILE_LEVELS,
+    callback: Optional[Callable[[StepInfo], None]] = None,
 ) -> NoiseShiftReport:
     """Measure the noise shift of `sampler` with `estimator` on n samples.
 
@@ -246,7 +247,7 @@ def measure_noise_shift(
             est = estimator.estimate(x, rows)
         return est.mean.detach().double().cpu(), est.std.detach().double().cpu()
 
-    def callback(info: StepInfo) -> None:
+    def read_state(info: StepInfo) -> None:
         start, stop = info.batch_start, info.batch_start + len(info.x)
         rows = None if labels is None else labels[start:stop]
         mean, std = estimate(info.x, rows)
@@ -255,8 +256,10 @@ def measure_noise_shift(
         seen[info.step, start:stop] = True
         if not state_dtype:
             state_dtype.append(info.x.dtype)
+        if callback is not None:
+            callback(info)
 
-    sampler.sample(n, y=y, seed=seed, batch_size=batch_size, progress=False, callback=callback)
+    sampler.sample(n, y=y, seed=seed, batch_size=batch_size, progress=False, callback=read_state)
     if not bool(seen.all()):
         raise RuntimeError("the sampler did not report every step of every sample")
 
@@ -289,6 +292,7 @@ def measure_noise_shift(
         "prediction": sampler.prediction,
         "cfg_scale": sampler.guidance.cfg_scale,
         "nag_scale": sampler.guidance.nag_scale,
+        "classifier_nag_scale": sampler.classifier_nag_scale,
         "estimator": type(estimator).__name__,
         "seed": seed,
     }
@@ -393,17 +397,23 @@ def _panel(report: NoiseShiftReport, size: int, margin: int) -> np.ndarray:
     _fill_band(image, col(t), row(mean - std), row(mean + std), SAMPLER, 0.25)
     _draw_polyline(image, col(t), row(report.forward_mean), FORWARD, width=2)
     _draw_polyline(image, col(t), row(mean), SAMPLER, width=2)
-    # axes box and tick marks (outward, every 0.25)
+    quarters = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    _axes(image, size, margin, col(quarters), row(quarters))
+    return image
+
+
+def _axes(image: np.ndarray, size: int, margin: int, x_ticks, y_ticks) -> None:
+    """The axes box and outward tick marks at pixel columns x_ticks (bottom) and rows y_ticks
+    (left)."""
     lo, hi = margin - 1, margin + size
     box_c = np.array([lo, hi, hi, lo, lo], np.float64)
     box_r = np.array([lo, lo, hi, hi, lo], np.float64)
     _draw_polyline(image, box_c, box_r, AXES, width=1)
     tick = max(2, margin // 3)
-    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        c, r = float(col(value)), float(row(value))
+    for c in x_ticks:
         _draw_polyline(image, np.array([c, c]), np.array([hi, hi + tick]), AXES, width=1)
+    for r in y_ticks:
         _draw_polyline(image, np.array([lo - tick, lo]), np.array([r, r]), AXES, width=1)
-    return image
 
 
 def _shift_panel(report: NoiseShiftReport, size: int, margin: int, bound: float) -> np.ndarray:
@@ -426,17 +436,8 @@ def _shift_panel(report: NoiseShiftReport, size: int, margin: int, bound: float)
     shift, se = np.asarray(report.shift), np.asarray(report.shift_se)
     _fill_band(image, col(t), row(shift - 2 * se), row(shift + 2 * se), SAMPLER, 0.25)
     _draw_polyline(image, col(t), row(shift), SAMPLER, width=2)
-    lo, hi = margin - 1, margin + size
-    box_c = np.array([lo, hi, hi, lo, lo], np.float64)
-    box_r = np.array([lo, lo, hi, hi, lo], np.float64)
-    _draw_polyline(image, box_c, box_r, AXES, width=1)
-    tick = max(2, margin // 3)
-    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
-        c = float(col(value))
-        _draw_polyline(image, np.array([c, c]), np.array([hi, hi + tick]), AXES, width=1)
-    for value in (-bound, -0.5 * bound, 0.0, 0.5 * bound, bound):
-        r = float(row(value))
-        _draw_polyline(image, np.array([lo - tick, lo]), np.array([r, r]), AXES, width=1)
+    quarters = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    _axes(image, size, margin, col(quarters), row(bound * (2 * quarters - 1)))
     return image
 
 

@@ -112,14 +112,14 @@ def resolve_estimator(
 
 
 def data_variance(reference: Any, seed: int = 0, n: int = 20000) -> Optional[float]:
-    """Mean per-dimension variance of the data (for the time-shift sampler), from an exact
-    mixture (sampled) or a data set; None if unknown."""
+    """Mean per-dimension variance of the data (for the time-shift sampler), from a data set
+    (all of it) or an exact mixture (n draws); None if unknown."""
     if reference is None:
         return None
-    if hasattr(reference, "sample_data"):
-        x = reference.sample_data(n, generator=torch.Generator().manual_seed(seed))[0]
-    else:
+    if hasattr(reference, "x"):  # a data set (or a DataSetReference): all of it
         x = reference.x
+    else:
+        x = reference.sample_data(n, generator=torch.Generator().manual_seed(seed))[0]
     return float(x.double().flatten(1).var(0).mean())
 
 

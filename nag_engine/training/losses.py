@@ -46,6 +46,27 @@ def sample_time(
     return t_min + (1.0 - t_min) * u
 
 
+def forward_noise(
+    x0: Tensor,
+    schedule: Schedule,
+    generator: torch.Generator,
+    *,
+    distribution: str = "uniform",
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(t, eps, x_t): training times, noise and the forward-process states
+    x_t = alpha_t x0 + sigma_t eps for a batch of clean data x0."""
+    t = sample_time(
+        len(x0), generator, distribution=distribution, mean=mean, std=std, device=x0.device
+    )
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    alpha = schedule.alpha(t.double()).float().view(shape)
+    sigma = schedule.sigma(t.double()).float().view(shape)
+    return t, eps, alpha * x0 + sigma * eps
+
+
 def training_target(
     x0: Tensor, eps: Tensor, t: Tensor, schedule: Schedule, prediction: str
 ) -> Tensor:
@@ -98,19 +119,9 @@ def denoising_loss(
     prediction = check_prediction(getattr(model, "prediction", "velocity"), "model.prediction")
     sched = get_schedule(schedule if schedule is not None else getattr(model, "schedule", "linear"))
     batch, device = len(x0), x0.device
-    t = sample_time(
-        batch,
-        generator,
-        distribution=time_distribution,
-        mean=time_mean,
-        std=time_std,
-        device=device,
+    t, eps, x_t = forward_noise(
+        x0, sched, generator, distribution=time_distribution, mean=time_mean, std=time_std
     )
-    eps = torch.randn(x0.shape, generator=generator, device=device)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    alpha = sched.alpha(t.double()).float().view(shape)
-    sigma = sched.sigma(t.double()).float().view(shape)
-    x_t = alpha * x0 + sigma * eps
     drop_t = torch.rand(batch, generator=generator, device=device) < p_t
     drop_y = None
     if y is not None:
@@ -141,19 +152,14 @@ def noise_level_loss(
             "build one with NoiseLevelHead.from_denoiser(model)"
         )
     batch, device = len(x0), x0.device
-    t = sample_time(
-        batch,
+    t, _, x_t = forward_noise(
+        x0,
+        head.schedule_obj,
         generator,
         distribution=time_distribution,
         mean=time_mean,
         std=time_std,
-        device=device,
     )
-    eps = torch.randn(x0.shape, generator=generator, device=device)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    sched = head.schedule_obj
-    x_t = sched.alpha(t.double()).float().view(shape) * x0
-    x_t = x_t + sched.sigma(t.double()).float().view(shape) * eps
     drop_y = None
     if y is not None and getattr(head, "num_classes", None) is not None:
         drop_y = torch.rand(batch, generator=generator, device=device) < p_c
