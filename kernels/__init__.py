@@ -1,8 +1,8 @@
 """Triton kernels (installed as `nag_engine.kernels`).
 
-Placeholder: the fused guidance + solver step and the DiT hot paths arrive with the kernels
-issue. The sampler calls `nag_engine.solvers.guided_step`, the plain-torch reference that every
-kernel will be tested against.
-"""
+* `fused_step`: the fused guidance + solver step (reference: `nag_engine.solvers.guided_step`).
 
-AVAILABLE: tuple[str, ...] = ()
+Import needs triton; on a machine without a GPU the kernels run under ``TRITON_INTERPRET=1``
+(set it before the first import). The sampler reaches them only through
+`nag_engine.backends`.
+"""

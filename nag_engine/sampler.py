@@ -24,13 +24,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import backends
 from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .guidance import Guidance, GuidancePlan, Pass
 from .noise import CounterNoise
 from .predictions import check_prediction
 from .schedules import Schedule, get_schedule, time_grid
-from .solvers import StageTable, build_stages, guided_step
+from .solvers import StageTable, build_stages
 
 Tensor = torch.Tensor
 
@@ -139,6 +140,7 @@ class Sampler:
         noise_estimator: Any = None,
         classifier_nag_scale: float = 0.0,
         classifier_nag_interval: Optional[tuple[float, float]] = None,
+        backend: Optional[str] = None,
         **solver_options: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -206,7 +208,12 @@ class Sampler:
                 classifier_nag_interval,
             )
         self._coef = self.stages.tensors(self.device)
-        self._weights = self.plan.weight_table(self.device)
+        self.backend = backends.select(self.device, backend)
+        self._fused_step = backends.implementation(self.backend)
+        self._coef_table, self._weight_table = backends.step_tables(
+            self.stages, self.plan, self.device
+        )
+        self._stage_ids = torch.arange(len(self.stages), device=self.device, dtype=torch.int32)
         self._step_ids = torch.arange(self.steps, device=self.device)
         self._buffers: dict[tuple, dict[str, Any]] = {}
 
@@ -261,6 +268,7 @@ class Sampler:
             "t_in": torch.empty(rows, device=dev, dtype=torch.float32),
             "y_in": torch.empty(rows, device=dev, dtype=torch.long) if labelled else None,
             "g_prev": torch.zeros(batch, *shape, device=dev) if self.stages.uses_g_prev else None,
+            "g": torch.empty(batch, *shape, device=dev, dtype=torch.float32),
             "index": torch.empty(batch, device=dev, dtype=torch.long),
             "flags": {},
         }
@@ -336,7 +344,9 @@ class Sampler:
     def _sample_batch(self, start, stop, shape, noise, init, labels, callback, keep_traj, bar):
         batch = stop - start
         bufs = self._get_buffers(batch, shape, labels is not None)
-        x, x_in, t_in, y_in, g_prev = (bufs[k] for k in ("x", "x_in", "t_in", "y_in", "g_prev"))
+        x, x_in, t_in, y_in, g_prev, g = (
+            bufs[k] for k in ("x", "x_in", "t_in", "y_in", "g_prev", "g")
+        )
         index = bufs["index"]
         torch.arange(start, stop, out=index)
         x.copy_(init if init is not None else noise.normal(index, 0))
@@ -344,7 +354,7 @@ class Sampler:
             y_in.view(-1, batch).copy_(labels.view(1, batch).expand(y_in.numel() // batch, batch))
         if g_prev is not None:
             g_prev.zero_()
-        coef, weights, stages, plan = self._coef, self._weights, self.stages, self.plan
+        coef, stages, plan = self._coef, self.stages, self.plan
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         traj = [x.clone()] if keep_traj else None
         p0 = plan.num_passes(0)
@@ -383,24 +393,22 @@ class Sampler:
                     out.view(p, batch, *shape).add_(delta.to(out.dtype))
                 p_next = plan.num_passes(k + 1) if k + 1 < len(stages) else 0
                 z = noise.normal(index, k + 1) if stages.c[k] != 0.0 else None
-                new_x, g = guided_step(
+                want_g = g_prev is not None or callback is not None
+                self._fused_step(  # x updated in place; g and the next input written
                     out.view(p, batch, *shape),
-                    weights[k, :p],
+                    self._weight_table,
+                    self._coef_table,
+                    self._stage_ids[k],
                     x,
-                    coef["a"][k],
-                    coef["b"][k],
-                    keep=coef["keep"][k],
                     g_prev=g_prev,
-                    b2=coef["b2"][k] if g_prev is not None else None,
                     z=z,
-                    c=coef["c"][k] if z is not None else None,
+                    g_out=g if want_g else None,
                     next_input=x_in[: p_next * batch].view(p_next, batch, *shape)
                     if p_next
                     else None,
                 )
-                x.copy_(new_x)
-                if starts_step:
-                    prediction = g
+                if starts_step and callback is not None:
+                    prediction = g.clone()
                 if g_prev is not None:
                     g_prev.copy_(g)
                 if not stages.keep[k]:

@@ -1,0 +1,183 @@
+"""The fused guidance + solver step in Triton (DESIGN.md §4).
+
+One kernel per sampler stage: reads the stacked model output of the P passes (fp32, bf16 or
+fp16), combines them with the pass weights, applies ``x_out = a x + b g + b2 g_prev + c z`` in
+fp32, and writes
+
+* the new fp32 state (``x_out`` where the stage keeps its result, else ``x``),
+* the guided prediction ``g`` (fp32) when asked (callbacks, Heun, multistep),
+* ``x_out`` into every pass slot of the next model input (in the model's dtype).
+
+The coefficients ``a, b, b2, c, keep`` and the pass weights are read from device tables at row
+``stage`` -- a device int tensor -- so no host scalar changes from step to step and a captured
+CUDA graph stays valid. Tensors are processed as flat element arrays in their memory order, so
+contiguous and channels-last layouts both work as long as all of them share the same strides.
+
+Reference: `nag_engine.solvers.guided_step`. On CPU tensors the kernel runs under
+``TRITON_INTERPRET=1`` (that is how the tests check it without a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+COEF_COLUMNS = ("a", "b", "b2", "c", "keep")  # the coefficient table's columns, in order
+BLOCK = 1024
+
+
+@triton.jit
+def _fused_step_kernel(
+    out_ptr,  # [P, n] model outputs
+    w_ptr,  # [stages, w_stride] pass weights
+    coef_ptr,  # [stages, 5] a, b, b2, c, keep
+    stage_ptr,  # [] int, the row to read
+    x_ptr,  # [n] fp32 state
+    gprev_ptr,  # [n] fp32 previous prediction (HAS_GPREV)
+    z_ptr,  # [n] noise (HAS_Z)
+    xnew_ptr,  # [n] fp32 new state (may alias x_ptr)
+    g_ptr,  # [n] fp32 guided prediction (WRITE_G; may alias gprev_ptr)
+    next_ptr,  # [PN, n] next model input
+    n,
+    w_stride,
+    P: tl.constexpr,
+    PN: tl.constexpr,
+    HAS_GPREV: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    WRITE_G: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    stage = tl.load(stage_ptr).to(tl.int64)
+    row = coef_ptr + stage * 5
+    a = tl.load(row)
+    b = tl.load(row + 1)
+    keep = tl.load(row + 4)
+    g = tl.zeros([BLOCK], dtype=tl.float32)
+    for p in tl.static_range(P):  # accumulated in pass order, like combine_reference
+        w = tl.load(w_ptr + stage * w_stride + p)
+        g += w * tl.load(out_ptr + p * n + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    x_out = a * x + b * g
+    if HAS_GPREV:
+        b2 = tl.load(row + 2)
+        x_out += b2 * tl.load(gprev_ptr + offs, mask=mask, other=0.0)
+    if HAS_Z:
+        c = tl.load(row + 3)
+        x_out += c * tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for p in tl.static_range(PN):
+        tl.store(next_ptr + p * n + offs, x_out.to(next_ptr.dtype.element_ty), mask=mask)
+    if WRITE_G:
+        tl.store(g_ptr + offs, g, mask=mask)
+    tl.store(xnew_ptr + offs, tl.where(keep != 0.0, x_out, x), mask=mask)
+
+
+def _same_layout(reference: Tensor, other: Tensor, name: str) -> None:
+    if other.shape != reference.shape or other.stride() != reference.stride():
+        raise ValueError(
+            f"{name} must have the shape and strides of x {tuple(reference.shape)} / "
+            f"{reference.stride()}, got {tuple(other.shape)} / {other.stride()}"
+        )
+
+
+def _dense(t: Tensor) -> bool:
+    """Contiguous or channels-last: the elements fill one block of memory."""
+    return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _in_layout(x: Tensor, t: Tensor, stacked: bool = False) -> Tensor:
+    """t (or each slice of a stacked [P, *shape] t) with x's strides, copied only if needed."""
+    shape, stride = (
+        (t.shape[0], *x.shape) if stacked else x.shape,
+        ((x.numel(), *x.stride()) if stacked else x.stride()),
+    )
+    if tuple(t.shape) == tuple(shape) and t.stride() == tuple(stride):
+        return t
+    buffer = torch.empty_strided(shape, stride, dtype=t.dtype, device=t.device)
+    return buffer.copy_(t)
+
+
+def fused_step(
+    out: Tensor,
+    weights: Tensor,
+    coef: Tensor,
+    stage: Tensor,
+    x: Tensor,
+    *,
+    x_new: Optional[Tensor] = None,
+    g_prev: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    g_out: Optional[Tensor] = None,
+    next_input: Optional[Tensor] = None,
+) -> Tensor:
+    """Run the fused step; returns the new state (`x_new`, default: x updated in place).
+
+    out [P, *shape] (P = 1..4; any float dtype), weights [stages, >= P] fp32, coef [stages, 5]
+    fp32 (`COEF_COLUMNS`), stage a 0-d integer tensor on the device, x [*shape] fp32. g_prev,
+    z, g_out, x_new: [*shape] (fp32; z any float); next_input [P', *shape] (P' >= 0). x must be
+    dense (contiguous or channels-last); the outputs (x_new, g_out, each slice of next_input)
+    must share its strides; inputs in other layouts (out, g_prev, z) are copied into it."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"the state x must be float32, got {x.dtype}")
+    if not _dense(x):
+        raise ValueError("x must be dense (contiguous or channels-last); pass x.contiguous()")
+    if out.ndim != x.ndim + 1 or not 1 <= out.shape[0] <= 4:
+        raise ValueError(f"out must be [P, *x.shape] with 1 <= P <= 4, got {tuple(out.shape)}")
+    passes = out.shape[0]
+    x_new = x if x_new is None else x_new
+    # read-only inputs in another layout (a strided view, a different memory format) are
+    # copied into x's layout; the outputs must already be in it
+    out = _in_layout(x, out, stacked=True)
+    g_prev = None if g_prev is None else _in_layout(x, g_prev)
+    z = None if z is None else _in_layout(x, z)
+    slots = 0 if next_input is None else next_input.shape[0]
+    for name, t in (
+        ("out[p]", out[0]),
+        ("x_new", x_new),
+        ("g_prev", g_prev),
+        ("z", z),
+        ("g_out", g_out),
+        ("next_input[p]", None if not slots else next_input[0]),
+    ):
+        if t is not None:
+            _same_layout(x, t, name)
+    n = x.numel()
+    if out.stride(0) != n or (slots and next_input.stride(0) != n):
+        raise ValueError("the pass slots of out / next_input must follow each other in memory")
+    if weights.ndim != 2 or weights.shape[1] < passes or coef.ndim != 2 or coef.shape[1] != 5:
+        raise ValueError(
+            f"weights must be [stages, >= {passes}] and coef [stages, 5], got "
+            f"{tuple(weights.shape)} and {tuple(coef.shape)}"
+        )
+    if n == 0:
+        return x_new
+    dummy = x
+    grid = (triton.cdiv(n, BLOCK),)
+    _fused_step_kernel[grid](
+        out,
+        weights,
+        coef,
+        stage,
+        x,
+        g_prev if g_prev is not None else dummy,
+        z if z is not None else dummy,
+        x_new,
+        g_out if g_out is not None else dummy,
+        next_input if slots else dummy,
+        n,
+        weights.stride(0),
+        P=passes,
+        PN=slots,
+        HAS_GPREV=g_prev is not None,
+        HAS_Z=z is not None,
+        WRITE_G=g_out is not None,
+        BLOCK=BLOCK,
+    )
+    return x_new

@@ -1,0 +1,136 @@
+"""One place that picks the implementation of the fused guidance + solver step.
+
+Backends:
+
+* ``"triton"``: the Triton kernel (`nag_engine.kernels.fused_step`), for CUDA tensors (or CPU
+  tensors under ``TRITON_INTERPRET=1``, which is how the tests check it);
+* ``"reference"``: plain torch (`nag_engine.solvers.guided_step` on the same tables), anywhere.
+
+(The CUDA-extension and C++ CPU kernels of the kernels issue slot in here as ``"cuda"`` and
+``"cpp"``.) ``auto`` picks Triton for CUDA tensors when triton imports, else the reference.
+Override with the ``backend=`` argument of the sampler or the environment variable
+``NAG_ENGINE_BACKEND``; `available()` reports what can run here and why not.
+
+Every backend implements one contract (DESIGN.md §4): ``fused_step(out, weights, coef, stage,
+x, *, x_new, g_prev, z, g_out, next_input)`` with coefficient table columns
+`COEF_COLUMNS` = (a, b, b2, c, keep) and pass weights, both indexed by the device-side
+``stage`` counter.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+
+Tensor = torch.Tensor
+COEF_COLUMNS = ("a", "b", "b2", "c", "keep")
+BACKENDS = ("triton", "reference")
+ENV_VAR = "NAG_ENGINE_BACKEND"
+
+
+@functools.cache
+def _triton_status() -> Optional[str]:
+    """None if the Triton kernels import, else why not."""
+    try:
+        from .kernels import fused_step  # noqa: F401
+    except Exception as err:  # ImportError, or triton failing to initialise
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def available() -> dict[str, str]:
+    """{backend: "yes" or why it cannot run here}."""
+    status = _triton_status()
+    triton = "yes" if status is None else status
+    if status is None and not torch.cuda.is_available():
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        triton = "yes (TRITON_INTERPRET=1: CPU tensors)" if interpret else "no CUDA device"
+    return {"triton": triton, "reference": "yes"}
+
+
+def select(device: torch.device | str, backend: Optional[str] = None) -> str:
+    """The backend for tensors on `device`: `backend` if given, else $NAG_ENGINE_BACKEND, else
+    auto. A named backend that cannot run raises ValueError saying why."""
+    device = torch.device(device)
+    name = backend or os.environ.get(ENV_VAR) or "auto"
+    if name == "auto":
+        return "triton" if device.type == "cuda" and _triton_status() is None else "reference"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {BACKENDS}")
+    if name == "triton":
+        if _triton_status() is not None:
+            raise ValueError(f"backend 'triton' cannot run: {_triton_status()}")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                "backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
+                "use backend='reference' on this device"
+            )
+    return name
+
+
+def reference_step(
+    out: Tensor,
+    weights: Tensor,
+    coef: Tensor,
+    stage: Tensor,
+    x: Tensor,
+    *,
+    x_new: Optional[Tensor] = None,
+    g_prev: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    g_out: Optional[Tensor] = None,
+    next_input: Optional[Tensor] = None,
+) -> Tensor:
+    """The table-driven contract in plain torch, through `nag_engine.solvers.guided_step`
+    (rows gathered on the device with `stage`: no host read)."""
+    from .solvers import guided_step
+
+    passes = out.shape[0]
+    row = coef.index_select(0, stage.reshape(1).long())[0]
+    w = weights.index_select(0, stage.reshape(1).long())[0, :passes]
+    new, g = guided_step(
+        out,
+        list(w.unbind(0)),
+        x,
+        row[0],
+        row[1],
+        keep=row[4] != 0,
+        g_prev=g_prev,
+        b2=row[2] if g_prev is not None else None,
+        z=z,
+        c=row[3] if z is not None else None,
+        next_input=next_input if next_input is not None and next_input.shape[0] else None,
+    )
+    if g_out is not None:
+        g_out.copy_(g)
+    target = x if x_new is None else x_new
+    target.copy_(new)
+    return target
+
+
+def implementation(name: str) -> Callable[..., Tensor]:
+    """The fused-step function of a backend name (see `select`)."""
+    if name == "triton":
+        from .kernels.fused_step import fused_step
+
+        return fused_step
+    if name == "reference":
+        return reference_step
+    raise ValueError(f"unknown backend {name!r}: choose one of {BACKENDS}")
+
+
+def step_tables(stages, plan, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """(coef [stages, 5], weights [stages, max passes]) float32 device tables of a sampler's
+    StageTable and GuidancePlan."""
+    coef = torch.tensor(
+        [
+            [stages.a[k], stages.b[k], stages.b2[k], stages.c[k], float(stages.keep[k])]
+            for k in range(len(stages))
+        ],
+        dtype=torch.float64,
+    ).to(device, torch.float32)
+    return coef, plan.weight_table(device).to(torch.float32)
