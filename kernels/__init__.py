@@ -1,6 +1,8 @@
 """Triton kernels (installed as `nag_engine.kernels`).
 
 * `fused_step`: the fused guidance + solver step (reference: `nag_engine.solvers.guided_step`).
+* `adaln`: the DiT hot paths, LayerNorm + adaLN modulation and the gated residual (forward only;
+  references: `nag_engine.models.dit.modulate` / `gated_residual`). Not wired into `DiT` yet.
 
 Import needs triton; on a machine without a GPU the kernels run under ``TRITON_INTERPRET=1``
 (set it before the first import). The sampler reaches them only through

@@ -1,0 +1,86 @@
+"""Fused DiT hot paths in Triton, forward only (sampling): LayerNorm + adaLN modulation, and the
+gated residual.
+
+* ``layernorm_modulate(x, shift, scale, eps)``: ``LayerNorm(x) * (1 + scale) + shift`` for tokens
+  x [B, N, D] with per-sample shift / scale [B, D] (a LayerNorm without affine weights, as in
+  DiT's adaLN-Zero blocks); statistics in fp32, one program per token row.
+* ``gated_residual(x, gate, y)``: ``x + gate * y`` with a per-sample gate [B, D].
+
+References: ``nag_engine.models.dit.modulate(F.layer_norm(x, (D,), eps=eps), shift, scale)`` and
+``nag_engine.models.dit.gated_residual``. Inputs are made contiguous; outputs have x's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _layernorm_modulate_kernel(
+    x_ptr, shift_ptr, scale_ptr, y_ptr, tokens, dim, eps, BLOCK_D: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)  # one token: row = b * tokens + n
+    sample = row // tokens
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < dim
+    x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / dim
+    centred = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(centred * centred, axis=0) / dim
+    normed = centred / tl.sqrt(var + eps)
+    shift = tl.load(shift_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    y = normed * (1.0 + scale) + shift
+    tl.store(y_ptr + row * dim + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_residual_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, tokens, dim, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    sample = row // tokens
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < dim
+    x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * dim + cols, (x + gate * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(x: Tensor, per_sample: dict[str, Tensor]) -> tuple[int, int, int]:
+    if x.ndim != 3:
+        raise ValueError(f"x must be tokens [B, N, D], got shape {tuple(x.shape)}")
+    batch, tokens, dim = x.shape
+    for name, t in per_sample.items():
+        if t.shape != (batch, dim):
+            raise ValueError(f"{name} must be [B, D] = [{batch}, {dim}], got {tuple(t.shape)}")
+    return batch, tokens, dim
+
+
+def layernorm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
+    """LayerNorm(x) (no affine weights) * (1 + scale) + shift, per sample; x [B, N, D]."""
+    batch, tokens, dim = _check(x, {"shift": shift, "scale": scale})
+    x, shift, scale = x.contiguous(), shift.contiguous(), scale.contiguous()
+    y = torch.empty_like(x)
+    if x.numel():
+        _layernorm_modulate_kernel[(batch * tokens,)](
+            x, shift, scale, y, tokens, dim, eps, BLOCK_D=triton.next_power_of_2(dim)
+        )
+    return y
+
+
+def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """x + gate * y with a per-sample gate [B, D]; x, y [B, N, D]."""
+    batch, tokens, dim = _check(x, {"gate": gate})
+    if y.shape != x.shape:
+        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
+    out = torch.empty_like(x)
+    if x.numel():
+        _gated_residual_kernel[(batch * tokens,)](
+            x, gate, y, out, tokens, dim, BLOCK_D=triton.next_power_of_2(dim)
+        )
+    return out
