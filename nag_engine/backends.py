@@ -123,14 +123,8 @@ def implementation(name: str) -> Callable[..., Tensor]:
     raise ValueError(f"unknown backend {name!r}: choose one of {BACKENDS}")
 
 
-def step_tables(stages, plan, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """(coef [stages, 5], weights [stages, max passes]) float32 device tables of a sampler's
-    StageTable and GuidancePlan."""
-    coef = torch.tensor(
-        [
-            [stages.a[k], stages.b[k], stages.b2[k], stages.c[k], float(stages.keep[k])]
-            for k in range(len(stages))
-        ],
-        dtype=torch.float64,
-    ).to(device, torch.float32)
-    return coef, plan.weight_table(device).to(torch.float32)
+def step_tables(columns: dict[str, Tensor], plan) -> tuple[Tensor, Tensor]:
+    """(coef [stages, 5], weights [stages, max passes]) float32 device tables from a StageTable's
+    device columns (``StageTable.tensors``) and a GuidancePlan."""
+    coef = torch.stack([columns[name].float() for name in COEF_COLUMNS], dim=1)
+    return coef, plan.weight_table(coef.device).to(torch.float32)

@@ -207,12 +207,11 @@ class Sampler:
                 self.prediction,
                 classifier_nag_interval,
             )
-        self._coef = self.stages.tensors(self.device)
+        columns = self.stages.tensors(self.device)
+        self._times = columns["t"]
         self.backend = backends.select(self.device, backend)
         self._fused_step = backends.implementation(self.backend)
-        self._coef_table, self._weight_table = backends.step_tables(
-            self.stages, self.plan, self.device
-        )
+        self._coef_table, self._weight_table = backends.step_tables(columns, self.plan)
         self._stage_ids = torch.arange(len(self.stages), device=self.device, dtype=torch.int32)
         self._step_ids = torch.arange(self.steps, device=self.device)
         self._buffers: dict[tuple, dict[str, Any]] = {}
@@ -354,7 +353,7 @@ class Sampler:
             y_in.view(-1, batch).copy_(labels.view(1, batch).expand(y_in.numel() // batch, batch))
         if g_prev is not None:
             g_prev.zero_()
-        coef, stages, plan = self._coef, self.stages, self.plan
+        times, stages, plan = self._times, self.stages, self.plan
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         traj = [x.clone()] if keep_traj else None
         p0 = plan.num_passes(0)
@@ -368,9 +367,9 @@ class Sampler:
                     x_start = x.clone()
                 passes = plan.passes[k]
                 p, rows = len(passes), len(passes) * batch
-                t_in[:rows].fill_(coef["t"][k])
+                t_in[:rows].fill_(times[k])
                 if self._time_shift is not None:  # per-sample times from the state's variance
-                    shifted = self._time_shift(x_in[:batch], coef["t"][k])
+                    shifted = self._time_shift(x_in[:batch], times[k])
                     t_in[:rows].view(p, batch).copy_(shifted.expand(p, batch))
                 drop_t, drop_y = bufs["flags"][passes]
                 out = self._forward(
@@ -393,7 +392,9 @@ class Sampler:
                     out.view(p, batch, *shape).add_(delta.to(out.dtype))
                 p_next = plan.num_passes(k + 1) if k + 1 < len(stages) else 0
                 z = noise.normal(index, k + 1) if stages.c[k] != 0.0 else None
-                want_g = g_prev is not None or callback is not None
+                # the guided prediction goes straight into g_prev where the solver needs it (the
+                # kernels read g_prev before writing g), else into g for the callback
+                g_out = g_prev if g_prev is not None else (g if callback is not None else None)
                 self._fused_step(  # x updated in place; g and the next input written
                     out.view(p, batch, *shape),
                     self._weight_table,
@@ -402,15 +403,13 @@ class Sampler:
                     x,
                     g_prev=g_prev,
                     z=z,
-                    g_out=g if want_g else None,
+                    g_out=g_out,
                     next_input=x_in[: p_next * batch].view(p_next, batch, *shape)
                     if p_next
                     else None,
                 )
                 if starts_step and callback is not None:
-                    prediction = g.clone()
-                if g_prev is not None:
-                    g_prev.copy_(g)
+                    prediction = g_out.clone()
                 if not stages.keep[k]:
                     continue
                 # the stage that ends step i
