@@ -377,19 +377,25 @@ def _fill_band(
         _blend(image, np.concatenate(rows_out), np.concatenate(cols_out), color, alpha)
 
 
-def _panel(report: NoiseShiftReport, size: int, margin: int) -> np.ndarray:
-    """One panel: axes box, ticks, diagonal, sampler band + line, forward line."""
+def _blank_panel(size: int, margin: int):
+    """(image, col, row): an empty panel of size + 2 margin pixels square, and the maps of a
+    fraction in [0, 1] (clipped) to its pixel column (left to right) and row (bottom to top)."""
     side = size + 2 * margin
-    image = np.empty((side, side, 3), dtype=np.uint8)
-    image[:] = BACKGROUND
+    image = np.full((side, side, 3), BACKGROUND, dtype=np.uint8)
     span = size - 1
 
-    def col(t: np.ndarray) -> np.ndarray:
-        return margin + np.clip(np.asarray(t, np.float64), 0.0, 1.0) * span
+    def col(frac: np.ndarray) -> np.ndarray:
+        return margin + np.clip(np.asarray(frac, np.float64), 0.0, 1.0) * span
 
-    def row(level: np.ndarray) -> np.ndarray:
-        return margin + (1.0 - np.clip(np.asarray(level, np.float64), 0.0, 1.0)) * span
+    def row(frac: np.ndarray) -> np.ndarray:
+        return margin + (1.0 - np.clip(np.asarray(frac, np.float64), 0.0, 1.0)) * span
 
+    return image, col, row
+
+
+def _panel(report: NoiseShiftReport, size: int, margin: int) -> np.ndarray:
+    """One panel: axes box, ticks, diagonal, sampler band + line, forward line."""
+    image, col, row = _blank_panel(size, margin)  # row: estimated level 0 (bottom) to 1 (top)
     ends = np.array([0.0, 1.0])
     _draw_polyline(image, col(ends), row(ends), DIAGONAL, width=1)
     t = np.asarray(report.t, np.float64)
@@ -419,17 +425,10 @@ def _axes(image: np.ndarray, size: int, margin: int, x_ticks, y_ticks) -> None:
 def _shift_panel(report: NoiseShiftReport, size: int, margin: int, bound: float) -> np.ndarray:
     """One panel of the shift itself: nominal t (horizontal) against shift in [-bound, bound]
     (vertical, 0 in the middle, grey line), the shift (red) with a +-2 standard-error band."""
-    side = size + 2 * margin
-    image = np.empty((side, side, 3), dtype=np.uint8)
-    image[:] = BACKGROUND
-    span = size - 1
-
-    def col(t: np.ndarray) -> np.ndarray:
-        return margin + np.clip(np.asarray(t, np.float64), 0.0, 1.0) * span
+    image, col, frac_row = _blank_panel(size, margin)
 
     def row(value: np.ndarray) -> np.ndarray:
-        frac = 0.5 + 0.5 * np.clip(np.asarray(value, np.float64) / bound, -1.0, 1.0)
-        return margin + (1.0 - frac) * span
+        return frac_row(0.5 + 0.5 * np.clip(np.asarray(value, np.float64) / bound, -1.0, 1.0))
 
     _draw_polyline(image, col(np.array([0.0, 1.0])), row(np.zeros(2)), DIAGONAL, width=1)
     t = np.asarray(report.t, np.float64)

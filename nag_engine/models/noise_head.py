@@ -136,11 +136,11 @@ class NoiseLevelHead(nn.Module):
         mu, log_var = mu.double(), log_var.double()
         t = torch.as_tensor(t, dtype=torch.float64, device=mu.device).expand(len(mu))
         lam = self.target(t)
-        t_safe = t.clamp(1e-6, 1 - 1e-6)
-        # |d lambda / dt| by a central difference of the schedule (all schedules are smooth)
-        h = 1e-6
-        jac = (self.schedule_obj.log_snr(t_safe + h) - self.schedule_obj.log_snr(t_safe - h)) / (
-            2 * h
+        # |d lambda / dt| from the schedule's derivatives: lambda = 2 log(alpha / sigma)
+        sched, t_safe = self.schedule_obj, t.clamp(1e-6, 1 - 1e-6)
+        jac = 2 * (
+            sched.d_alpha(t_safe) / sched.alpha(t_safe)
+            - sched.d_sigma(t_safe) / sched.sigma(t_safe)
         )
         gauss = -0.5 * ((lam - mu) ** 2 / log_var.exp() + log_var + math.log(2 * math.pi))
         return gauss + torch.log(jac.abs())

@@ -194,6 +194,16 @@ def _mixture_data(info: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return x.float(), mixture.classes[comp]
 
 
+def _mixture_set(
+    name: str, n: Any, seed: Any, params: dict[str, Any]
+) -> tuple[Tensor, Optional[Tensor], Optional[int], dict[str, Any]]:
+    """Draw n points of the named mixture data set: (x, y, num_classes, info) with info the
+    checked n and seed followed by the checked mixture parameters."""
+    info = {"n": _int("n", n), "seed": _int("seed", seed, minimum=0), **params}
+    x, y = _mixture_data({"name": name, **info})
+    return x, y, info["num_classes"], info
+
+
 def _ring(
     n: int = 20000,
     seed: int = 0,
@@ -203,16 +213,13 @@ def _ring(
     num_classes: Optional[int] = None,
 ) -> tuple[Tensor, Optional[Tensor], Optional[int], dict[str, Any]]:
     num_modes = _int("num_modes", num_modes)
-    info = {
-        "n": _int("n", n),
-        "seed": _int("seed", seed, minimum=0),
+    params = {
         "num_modes": num_modes,
         "radius": _float("radius", radius),
         "std": _float("std", std),
         "num_classes": _classes(num_classes, num_modes),
     }
-    x, y = _mixture_data({"name": "ring", **info})
-    return x, y, info["num_classes"], info
+    return _mixture_set("ring", n, seed, params)
 
 
 def _grid(
@@ -224,16 +231,13 @@ def _grid(
     num_classes: Optional[int] = None,
 ) -> tuple[Tensor, Optional[Tensor], Optional[int], dict[str, Any]]:
     size = _int("size", size)
-    info = {
-        "n": _int("n", n),
-        "seed": _int("seed", seed, minimum=0),
+    params = {
         "size": size,
         "extent": _float("extent", extent),
         "std": _float("std", std),
         "num_classes": _classes(num_classes, size * size),
     }
-    x, y = _mixture_data({"name": "grid", **info})
-    return x, y, info["num_classes"], info
+    return _mixture_set("grid", n, seed, params)
 
 
 def _gmm(
@@ -247,9 +251,7 @@ def _gmm(
     mixture_seed: int = 0,
 ) -> tuple[Tensor, Optional[Tensor], Optional[int], dict[str, Any]]:
     num_modes = _int("num_modes", num_modes)
-    info = {
-        "n": _int("n", n),
-        "seed": _int("seed", seed, minimum=0),
+    params = {
         "dim": _int("dim", dim),
         "num_modes": num_modes,
         "spread": _float("spread", spread),
@@ -257,8 +259,7 @@ def _gmm(
         "num_classes": _classes(num_classes, num_modes),
         "mixture_seed": _int("mixture_seed", mixture_seed, minimum=0),
     }
-    x, y = _mixture_data({"name": "gmm", **info})
-    return x, y, info["num_classes"], info
+    return _mixture_set("gmm", n, seed, params)
 
 
 # ---------------------------------------------------------------------- other 2-D sets
