@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nag_engine.step_contract import prepare
+
 Tensor = torch.Tensor
 
 COEF_COLUMNS = ("a", "b", "b2", "c", "keep")  # the coefficient table's columns, in order
@@ -79,31 +81,6 @@ def _fused_step_kernel(
     tl.store(xnew_ptr + offs, tl.where(keep != 0.0, x_out, x), mask=mask)
 
 
-def _same_layout(reference: Tensor, other: Tensor, name: str) -> None:
-    if other.shape != reference.shape or other.stride() != reference.stride():
-        raise ValueError(
-            f"{name} must have the shape and strides of x {tuple(reference.shape)} / "
-            f"{reference.stride()}, got {tuple(other.shape)} / {other.stride()}"
-        )
-
-
-def _dense(t: Tensor) -> bool:
-    """Contiguous or channels-last: the elements fill one block of memory."""
-    return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
-
-def _in_layout(x: Tensor, t: Tensor, stacked: bool = False) -> Tensor:
-    """t (or each slice of a stacked [P, *shape] t) with x's strides, copied only if needed."""
-    shape, stride = (
-        (t.shape[0], *x.shape) if stacked else x.shape,
-        ((x.numel(), *x.stride()) if stacked else x.stride()),
-    )
-    if tuple(t.shape) == tuple(shape) and t.stride() == tuple(stride):
-        return t
-    buffer = torch.empty_strided(shape, stride, dtype=t.dtype, device=t.device)
-    return buffer.copy_(t)
-
-
 def fused_step(
     out: Tensor,
     weights: Tensor,
@@ -124,38 +101,12 @@ def fused_step(
     z, g_out, x_new: [*shape] (fp32; z any float); next_input [P', *shape] (P' >= 0). x must be
     dense (contiguous or channels-last); the outputs (x_new, g_out, each slice of next_input)
     must share its strides; inputs in other layouts (out, g_prev, z) are copied into it."""
-    if x.dtype != torch.float32:
-        raise ValueError(f"the state x must be float32, got {x.dtype}")
-    if not _dense(x):
-        raise ValueError("x must be dense (contiguous or channels-last); pass x.contiguous()")
-    if out.ndim != x.ndim + 1 or not 1 <= out.shape[0] <= 4:
-        raise ValueError(f"out must be [P, *x.shape] with 1 <= P <= 4, got {tuple(out.shape)}")
-    passes = out.shape[0]
-    x_new = x if x_new is None else x_new
-    # read-only inputs in another layout (a strided view, a different memory format) are
-    # copied into x's layout; the outputs must already be in it
-    out = _in_layout(x, out, stacked=True)
-    g_prev = None if g_prev is None else _in_layout(x, g_prev)
-    z = None if z is None else _in_layout(x, z)
+    args = prepare(
+        out, weights, coef, x, x_new=x_new, g_prev=g_prev, z=z, g_out=g_out, next_input=next_input
+    )
+    out, x_new, g_prev, z, g_out, next_input = args
     slots = 0 if next_input is None else next_input.shape[0]
-    for name, t in (
-        ("out[p]", out[0]),
-        ("x_new", x_new),
-        ("g_prev", g_prev),
-        ("z", z),
-        ("g_out", g_out),
-        ("next_input[p]", None if not slots else next_input[0]),
-    ):
-        if t is not None:
-            _same_layout(x, t, name)
     n = x.numel()
-    if out.stride(0) != n or (slots and next_input.stride(0) != n):
-        raise ValueError("the pass slots of out / next_input must follow each other in memory")
-    if weights.ndim != 2 or weights.shape[1] < passes or coef.ndim != 2 or coef.shape[1] != 5:
-        raise ValueError(
-            f"weights must be [stages, >= {passes}] and coef [stages, 5], got "
-            f"{tuple(weights.shape)} and {tuple(coef.shape)}"
-        )
     if n == 0:
         return x_new
     dummy = x
@@ -173,7 +124,7 @@ def fused_step(
         next_input if slots else dummy,
         n,
         weights.stride(0),
-        P=passes,
+        P=args.passes,
         PN=slots,
         HAS_GPREV=g_prev is not None,
         HAS_Z=z is not None,

@@ -4,12 +4,15 @@ Backends:
 
 * ``"triton"``: the Triton kernel (`nag_engine.kernels.fused_step`), for CUDA tensors (or CPU
   tensors under ``TRITON_INTERPRET=1``, which is how the tests check it);
+* ``"cuda"``: the CUDA kernel of the native extension `nag_engine._C` (csrc/), for CUDA tensors
+  where the extension was built with CUDA;
+* ``"cpp"``: the C++ kernel of `nag_engine._C`, for CPU tensors (OpenMP over blocks);
 * ``"reference"``: plain torch (`nag_engine.solvers.guided_step` on the same tables), anywhere.
 
-(The CUDA-extension and C++ CPU kernels of the kernels issue slot in here as ``"cuda"`` and
-``"cpp"``.) ``auto`` picks Triton for CUDA tensors when triton imports, else the reference.
-Override with the ``backend=`` argument of the sampler or the environment variable
-``NAG_ENGINE_BACKEND``; `available()` reports what can run here and why not.
+``auto`` picks, for CUDA tensors, Triton, else the CUDA extension, else the reference; for CPU
+tensors the C++ kernel, else the reference. Override with the ``backend=`` argument of the
+sampler or the environment variable ``NAG_ENGINE_BACKEND``; `available()` reports what can run
+here and why not.
 
 Every backend implements one contract (DESIGN.md §4): ``fused_step(out, weights, coef, stage,
 x, *, x_new, g_prev, z, g_out, next_input)`` with coefficient table columns
@@ -28,7 +31,7 @@ import torch
 
 Tensor = torch.Tensor
 COEF_COLUMNS = ("a", "b", "b2", "c", "keep")
-BACKENDS = ("triton", "reference")
+BACKENDS = ("triton", "cuda", "cpp", "reference")
 ENV_VAR = "NAG_ENGINE_BACKEND"
 
 
@@ -44,12 +47,34 @@ def _triton_status() -> Optional[str]:
 
 def available() -> dict[str, str]:
     """{backend: "yes" or why it cannot run here}."""
+    from . import native
+
     status = _triton_status()
     triton = "yes" if status is None else status
     if status is None and not torch.cuda.is_available():
         interpret = os.environ.get("TRITON_INTERPRET") == "1"
         triton = "yes (TRITON_INTERPRET=1: CPU tensors)" if interpret else "no CUDA device"
-    return {"triton": triton, "reference": "yes"}
+    native_status = native.status()
+    cuda, cpp = (native_status[k] or "yes" for k in ("cuda", "cpp"))
+    return {"triton": triton, "cuda": cuda, "cpp": cpp, "reference": "yes"}
+
+
+def _why_not(name: str, device: torch.device) -> Optional[str]:
+    """None if backend `name` can run on tensors of `device`, else why not."""
+    from . import native
+
+    if name == "reference":
+        return None
+    if name == "triton":
+        if _triton_status() is not None:
+            return _triton_status()
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "it needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+        return None
+    wanted = "cuda" if name == "cuda" else "cpu"
+    if device.type != wanted:
+        return f"it needs {wanted.upper()} tensors, got {device.type}"
+    return native.status()[name]
 
 
 def select(device: torch.device | str, backend: Optional[str] = None) -> str:
@@ -58,17 +83,16 @@ def select(device: torch.device | str, backend: Optional[str] = None) -> str:
     device = torch.device(device)
     name = backend or os.environ.get(ENV_VAR) or "auto"
     if name == "auto":
-        return "triton" if device.type == "cuda" and _triton_status() is None else "reference"
+        order = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
+        return next((n for n in order if _why_not(n, device) is None), "reference")
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose 'auto' or one of {BACKENDS}")
-    if name == "triton":
-        if _triton_status() is not None:
-            raise ValueError(f"backend 'triton' cannot run: {_triton_status()}")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                "backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
-                "use backend='reference' on this device"
-            )
+    why = _why_not(name, device)
+    if why is not None:
+        raise ValueError(
+            f"backend {name!r} cannot run on {device.type} tensors here: {why}; use "
+            "backend='auto' or 'reference'"
+        )
     return name
 
 
@@ -118,6 +142,14 @@ def implementation(name: str) -> Callable[..., Tensor]:
         from .kernels.fused_step import fused_step
 
         return fused_step
+    if name == "cuda":
+        from .native import fused_step_cuda
+
+        return fused_step_cuda
+    if name == "cpp":
+        from .native import fused_step_cpp
+
+        return fused_step_cpp
     if name == "reference":
         return reference_step
     raise ValueError(f"unknown backend {name!r}: choose one of {BACKENDS}")

@@ -1,9 +1,12 @@
-"""The fused guidance + solver step: every backend equals the torch reference.
+"""The fused guidance + solver step: every kernel equals the torch reference.
 
-On a machine without a GPU the Triton kernel runs on CPU tensors under TRITON_INTERPRET=1 (set
-in conftest.py); on a GPU machine the same tests run it on CUDA tensors."""
+The kernels under test are those that run here: on a machine without a GPU, the Triton kernel
+on CPU tensors under TRITON_INTERPRET=1 (set in conftest.py) and the C++ kernel of
+nag_engine._C; on a GPU machine, Triton and the CUDA kernel on CUDA tensors."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -14,10 +17,23 @@ from nag_engine import Sampler, backends
 from nag_engine.models import MLPDenoiser
 from nag_engine.models.analytic import ring_mixture
 
-pytest.importorskip("triton")
-from nag_engine.kernels.fused_step import fused_step  # noqa: E402
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS = [
+    name
+    for name in ("triton", "cuda", "cpp")
+    if backends.available()[name].startswith("yes")
+    and (name == "triton" or (name == "cuda") == (DEVICE == "cuda"))
+]
+if not KERNELS:
+    pytest.skip("no fused-step kernel runs here", allow_module_level=True)
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request):
+    """(name, fused-step function) of each kernel that runs on DEVICE tensors here."""
+    return request.param, backends.implementation(request.param)
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # solver forms: (keep, uses g_prev, uses z)
 FORMS = {
@@ -69,7 +85,7 @@ def run(fn, inputs, slots, dtype):
     return x, g_out, next_input
 
 
-def assert_same(inputs, slots, dtype):
+def assert_same(fused_step, inputs, slots, dtype):
     x1, g1, n1 = run(fused_step, inputs, slots, dtype)
     x2, g2, n2 = run(backends.reference_step, inputs, slots, dtype)
     torch.testing.assert_close(x1, x2, rtol=1e-5, atol=1e-5)
@@ -82,19 +98,20 @@ def assert_same(inputs, slots, dtype):
 @pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("passes", [1, 2, 3, 4])
-def test_kernel_equals_reference(passes, dtype, form):
+def test_kernel_equals_reference(kernel, passes, dtype, form):
     inputs, slots = case(passes, DTYPES[dtype], 1023, form)
-    assert_same(inputs, slots, DTYPES[dtype])
+    assert_same(kernel[1], inputs, slots, DTYPES[dtype])
 
 
 @pytest.mark.parametrize("n", [1, 7, 1023, 4097])
 @pytest.mark.parametrize("slots", [0, 1, 3])
-def test_odd_sizes_and_slot_counts(n, slots):
+def test_odd_sizes_and_slot_counts(kernel, n, slots):
     inputs, _ = case(3, torch.bfloat16, n, "all", seed=n)
-    assert_same(inputs, slots, torch.bfloat16)
+    assert_same(kernel[1], inputs, slots, torch.bfloat16)
 
 
-def test_keep_false_leaves_the_state_but_writes_the_next_input():
+def test_keep_false_leaves_the_state_but_writes_the_next_input(kernel):
+    fused_step = kernel[1]
     inputs, slots = case(2, torch.float32, 100, "heun-predictor")
     before = inputs["x"].clone()
     x, _, next_input = run(fused_step, inputs, slots, torch.float32)
@@ -102,17 +119,20 @@ def test_keep_false_leaves_the_state_but_writes_the_next_input():
     assert not torch.allclose(next_input[0], before)
 
 
-def test_stage_counter_selects_the_row():
+@pytest.mark.parametrize("counter", [torch.int32, torch.int64])
+def test_stage_counter_selects_the_row(kernel, counter):
+    fused_step = kernel[1]
     inputs, slots = case(2, torch.float32, 64, "all")
     results = []
     for stage in range(3):
-        inputs["stage"] = torch.tensor(stage, dtype=torch.int32, device=DEVICE)
+        inputs["stage"] = torch.tensor(stage, dtype=counter, device=DEVICE)
         results.append(run(fused_step, inputs, slots, torch.float32)[0])
-        assert_same(inputs, slots, torch.float32)
+        assert_same(fused_step, inputs, slots, torch.float32)
     assert not torch.allclose(results[0], results[1])
 
 
-def test_non_contiguous_inputs_and_channels_last():
+def test_non_contiguous_inputs_and_channels_last(kernel):
+    fused_step = kernel[1]
     g = torch.Generator().manual_seed(3)
     inputs, slots = case(2, torch.float16, 0, "all", shape=(3, 4, 5, 6))
     # a strided view of a bigger tensor, and noise in another layout
@@ -120,7 +140,7 @@ def test_non_contiguous_inputs_and_channels_last():
     inputs["out"] = big[..., ::2]
     inputs["z"] = inputs["z"].transpose(2, 3).contiguous().transpose(2, 3)
     assert not inputs["out"].is_contiguous() and not inputs["z"].is_contiguous()
-    assert_same(inputs, slots, torch.float16)
+    assert_same(fused_step, inputs, slots, torch.float16)
     # a channels-last state with channels-last outputs
     last = {k: v for k, v in inputs.items()}
     last["x"] = inputs["x"].to(memory_format=torch.channels_last)
@@ -144,7 +164,8 @@ def test_non_contiguous_inputs_and_channels_last():
     torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_bad_input_is_refused():
+def test_bad_input_is_refused(kernel):
+    fused_step = kernel[1]
     inputs, slots = case(2, torch.float32, 16, "euler")
     with pytest.raises(ValueError, match="1 <= P <= 4"):
         fused_step(
@@ -179,7 +200,8 @@ def test_bad_input_is_refused():
 )
 def test_kernel_equals_reference_property(passes, n, form, dtype, seed):
     inputs, slots = case(passes, DTYPES[dtype], n, form, seed=seed)
-    assert_same(inputs, slots, DTYPES[dtype])
+    for name in KERNELS:
+        assert_same(backends.implementation(name), inputs, slots, DTYPES[dtype])
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama", "ddim"])
@@ -190,11 +212,12 @@ def test_sampling_gives_the_same_samples_on_every_backend(solver):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     runs = {}
-    for name in ("reference", "triton"):
+    for name in ("reference", *KERNELS):
         sampler = Sampler(model, 6, solver=solver, cfg_scale=1.5, nag_scale=0.5, backend=name)
         assert sampler.backend == name
         runs[name] = sampler.sample(32, y=1, seed=4, progress=False)
-    torch.testing.assert_close(runs["triton"], runs["reference"], rtol=1e-5, atol=1e-5)
+    for name in KERNELS:
+        torch.testing.assert_close(runs[name], runs["reference"], rtol=1e-5, atol=1e-5)
 
 
 def test_backend_selection(monkeypatch):
@@ -204,7 +227,54 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "reference")
     assert backends.select(DEVICE) == "reference"
     monkeypatch.delenv(backends.ENV_VAR)
-    assert backends.select(DEVICE) == ("triton" if DEVICE == "cuda" else "reference")
+    have = {name for name, why in backends.available().items() if why.startswith("yes")}
+    if DEVICE == "cuda":
+        auto = "triton" if "triton" in have else ("cuda" if "cuda" in have else "reference")
+    else:
+        auto = "cpp" if "cpp" in have else "reference"
+    assert backends.select(DEVICE) == auto
     assert set(backends.available()) == set(backends.BACKENDS)
     with pytest.raises(ValueError, match="backend"):
         Sampler(ring_mixture(4), 3, backend="fortran")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        backends.select("cpu", "cuda")
+
+
+def test_auto_falls_back_in_order(monkeypatch):
+    from nag_engine import native
+
+    monkeypatch.setattr(backends, "_triton_status", lambda: "ImportError: no triton")
+    monkeypatch.setattr(native, "status", lambda: {"cpp": None, "cuda": None})
+    assert backends.select("cpu") == "cpp"
+    assert backends.select("cuda") == "cuda"
+    monkeypatch.setattr(native, "status", lambda: {"cpp": "not built", "cuda": "not built"})
+    assert backends.select("cpu") == "reference"
+    assert backends.select("cuda") == "reference"
+    assert backends.available()["cpp"] == "not built"
+    with pytest.raises(ValueError, match="not built"):
+        backends.select("cpu", "cpp")
+    with pytest.raises(ValueError, match="no triton"):
+        backends.select("cuda", "triton")
+
+
+def test_native_extension_is_built_where_required():
+    """CI installs with NAG_ENGINE_REQUIRE_EXT=1: there the C++ kernel must be importable."""
+    if os.environ.get("NAG_ENGINE_REQUIRE_EXT") != "1":
+        pytest.skip("NAG_ENGINE_REQUIRE_EXT is not set")
+    assert backends.available()["cpp"] == "yes"
+
+
+def test_native_binding_checks_its_arguments():
+    """A direct call of nag_engine._C (without the Python wrapper's checks) cannot read past an
+    array."""
+    if "cpp" not in KERNELS:
+        pytest.skip("nag_engine._C is not built")
+    from nag_engine import _C
+
+    inputs, _ = case(2, torch.float32, 16, "euler")
+    args = [inputs[k] for k in ("out", "weights", "coef", "stage", "x")]
+    with pytest.raises(RuntimeError, match="shape and strides"):
+        _C.fused_step_cpu(*args, torch.empty(8), None, None, None, None)
+    with pytest.raises(RuntimeError, match="past the end"):
+        args[3] = torch.tensor(7, dtype=torch.int32)
+        _C.fused_step_cpu(*args, inputs["x"].clone(), None, None, None, None)
