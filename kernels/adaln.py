@@ -7,7 +7,8 @@ gated residual.
 * ``gated_residual(x, gate, y)``: ``x + gate * y`` with a per-sample gate [B, D].
 
 References: ``nag_engine.models.dit.modulate(F.layer_norm(x, (D,), eps=eps), shift, scale)`` and
-``nag_engine.models.dit.gated_residual``. Inputs are made contiguous; outputs have x's dtype.
+``nag_engine.models.dit.gated_residual``. Tokens are made contiguous; per-sample tensors may be
+row-strided views (the chunks of the adaLN projection); outputs have x's dtype.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ Tensor = torch.Tensor
 
 @triton.jit
 def _layernorm_modulate_kernel(
-    x_ptr, shift_ptr, scale_ptr, y_ptr, tokens, dim, eps, BLOCK_D: tl.constexpr
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    y_ptr,
+    tokens,
+    dim,
+    shift_stride,
+    scale_stride,
+    eps,
+    BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # one token: row = b * tokens + n
     sample = row // tokens
@@ -32,21 +42,24 @@ def _layernorm_modulate_kernel(
     centred = tl.where(mask, x - mean, 0.0)
     var = tl.sum(centred * centred, axis=0) / dim
     normed = centred / tl.sqrt(var + eps)
-    shift = tl.load(shift_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + sample * shift_stride + cols, mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + sample * scale_stride + cols, mask=mask, other=0.0)
+    shift, scale = shift.to(tl.float32), scale.to(tl.float32)
     y = normed * (1.0 + scale) + shift
     tl.store(y_ptr + row * dim + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gated_residual_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, tokens, dim, BLOCK_D: tl.constexpr):
+def _gated_residual_kernel(
+    x_ptr, gate_ptr, y_ptr, out_ptr, tokens, dim, gate_stride, BLOCK_D: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     sample = row // tokens
     cols = tl.arange(0, BLOCK_D)
     mask = cols < dim
     x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.load(gate_ptr + sample * dim + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + sample * gate_stride + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * dim + cols, (x + gate * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -60,14 +73,29 @@ def _check(x: Tensor, per_sample: dict[str, Tensor]) -> tuple[int, int, int]:
     return batch, tokens, dim
 
 
+def _rows(t: Tensor) -> Tensor:
+    """A per-sample [B, D] tensor the kernels can index as row * stride(0) + column: the chunks
+    of DiT's adaLN projection are such views already (no copy)."""
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
 def layernorm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
     """LayerNorm(x) (no affine weights) * (1 + scale) + shift, per sample; x [B, N, D]."""
     batch, tokens, dim = _check(x, {"shift": shift, "scale": scale})
-    x, shift, scale = x.contiguous(), shift.contiguous(), scale.contiguous()
+    x, shift, scale = x.contiguous(), _rows(shift), _rows(scale)
     y = torch.empty_like(x)
     if x.numel():
         _layernorm_modulate_kernel[(batch * tokens,)](
-            x, shift, scale, y, tokens, dim, eps, BLOCK_D=triton.next_power_of_2(dim)
+            x,
+            shift,
+            scale,
+            y,
+            tokens,
+            dim,
+            shift.stride(0),
+            scale.stride(0),
+            eps,
+            BLOCK_D=triton.next_power_of_2(dim),
         )
     return y
 
@@ -77,10 +105,10 @@ def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     batch, tokens, dim = _check(x, {"gate": gate})
     if y.shape != x.shape:
         raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
-    x, gate, y = x.contiguous(), gate.contiguous(), y.contiguous()
+    x, gate, y = x.contiguous(), _rows(gate), y.contiguous()
     out = torch.empty_like(x)
     if x.numel():
         _gated_residual_kernel[(batch * tokens,)](
-            x, gate, y, out, tokens, dim, BLOCK_D=triton.next_power_of_2(dim)
+            x, gate, y, out, tokens, dim, gate.stride(0), BLOCK_D=triton.next_power_of_2(dim)
         )
     return out

@@ -6,12 +6,15 @@ embedding -> ``depth`` adaLN-Zero transformer blocks conditioned on
 ``c = timestep embedding + label embedding`` -> final adaLN layer -> unpatchify.
 No learned sigma: the output has as many channels as the input.
 
-``modulate`` and ``gated_residual`` are kept as small standalone functions because that is
-where a fused kernel will plug in later.
+``modulate`` and ``gated_residual`` are the plain torch versions of the block's elementwise
+pieces. For sampling, LayerNorm + modulation and the gated residual run as fused Triton kernels
+(`nag_engine.kernels.adaln`): by default ("auto") on CUDA tensors without autograd, where triton
+imports; `DiT.set_fused_kernels("on" | "off" | "auto")` changes that.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -45,6 +48,7 @@ __all__ = [
 ]
 
 ATTENTION_BACKENDS = ("sdpa",)
+FUSED_MODES = ("auto", "on", "off")
 
 
 # --------------------------------------------------------------------------------------
@@ -60,6 +64,38 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     """Gated residual update ``x + gate * y`` with a per-sample ``gate`` ``[B, D]``."""
     return x + gate[:, None] * y
+
+
+@functools.cache
+def _adaln_kernels():
+    """(nag_engine.kernels.adaln, None), or (None, why not) where triton does not import."""
+    try:
+        from nag_engine.kernels import adaln
+    except Exception as err:  # ImportError, or triton failing to initialise
+        return None, f"{type(err).__name__}: {err}"
+    return adaln, None
+
+
+def _fused_kernels(mode: str, x: Tensor):
+    """The adaln kernel module when tokens ``x`` take the fused path under ``mode``, else None.
+
+    "auto": CUDA tensors, autograd off, triton importable. "on": always (RuntimeError where it
+    cannot run or autograd is on: the kernels are forward only)."""
+    if mode == "off":
+        return None
+    if mode == "auto" and (not x.is_cuda or torch.is_grad_enabled()):
+        return None  # (decided before importing triton)
+    kernels, why = _adaln_kernels()
+    if mode == "auto":
+        return kernels
+    if kernels is None:
+        raise RuntimeError(f"fused DiT kernels need triton: {why}")
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the fused DiT kernels are forward only: run under torch.no_grad() or use "
+            "set_fused_kernels('auto')"
+        )
+    return kernels
 
 
 # --------------------------------------------------------------------------------------
@@ -144,11 +180,19 @@ class DiTBlock(nn.Module):
             nn.Linear(mlp_hidden, hidden_size),
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.fused = "auto"  # see _fused_kernels; set through DiT.set_fused_kernels
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """Apply the block to tokens ``x`` ``[B, N, D]`` under conditioning ``c`` ``[B, D]``."""
         mod = self.adaLN_modulation(c).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+        kernels = _fused_kernels(self.fused, x)
+        if kernels is not None:
+            eps = self.norm1.eps
+            h = kernels.layernorm_modulate(x, shift_msa, scale_msa, eps)
+            x = kernels.gated_residual(x, gate_msa, self.attn(h))
+            h = kernels.layernorm_modulate(x, shift_mlp, scale_mlp, eps)
+            return kernels.gated_residual(x, gate_mlp, self.mlp(h))
         x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         x = gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x
@@ -162,10 +206,14 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.fused = "auto"
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """Project tokens ``[B, N, D]`` to ``[B, N, p*p*C]``."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        kernels = _fused_kernels(self.fused, x)
+        if kernels is not None:
+            return self.linear(kernels.layernorm_modulate(x, shift, scale, self.norm_final.eps))
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -267,6 +315,18 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def set_fused_kernels(self, mode: str) -> DiT:
+        """Where LayerNorm + modulation and the gated residual run as fused Triton kernels:
+        "auto" (default: CUDA tensors without autograd, where triton imports), "on" (always;
+        forward only, so RuntimeError under autograd), "off" (plain torch). Returns self."""
+        if mode not in FUSED_MODES:
+            raise ValueError(f"fused kernel mode must be one of {FUSED_MODES}, got {mode!r}")
+        if mode == "on" and _adaln_kernels()[0] is None:
+            raise RuntimeError(f"fused DiT kernels need triton: {_adaln_kernels()[1]}")
+        for layer in (*self.blocks, self.final_layer):
+            layer.fused = mode
+        return self
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """Tokens ``[B, N, p*p*C]`` -> image ``[B, C, H, W]``."""
