@@ -1,32 +1,56 @@
-"""GPU benchmark of the fused guidance + solver step: achieved memory bandwidth against a plain
-device-to-device copy of the same number of bytes, and speed against the chain of torch ops it
-replaces (`nag_engine.backends.reference_step`), in the same run.
+"""GPU benchmark of the fused kernels, each against a baseline measured in the same run.
 
-The measured step is CFG + NAG with Euler: P = 3 passes in, 3 next-input slots out, the fp32
-state read and written, the guided prediction written. Bytes moved per call:
-3 n s (outputs) + 4 n (x) + 4 n (new x) + 4 n (g) + 3 n s (next input), s = model dtype size.
+1. The fused guidance + solver step (CFG + NAG with Euler: P = 3 passes in, 3 next-input
+   slots out, the fp32 state read and written, the guided prediction written), for every fused
+   backend that runs here (`triton`, `cuda`): achieved memory bandwidth as a fraction of a plain
+   device-to-device copy of the same number of bytes, and speed against the chain of torch ops
+   it replaces (`nag_engine.backends.reference_step`). Bytes moved per call:
+   3 n s (outputs) + 4 n (x) + 4 n (new x) + 4 n (g) + 3 n s (next input), s = model dtype size.
+2. The DiT's LayerNorm + adaLN modulation (`nag_engine.kernels.adaln.layernorm_modulate`)
+   against PyTorch's `F.layer_norm` followed by the modulation, on DiT-S/B/XL token shapes.
 
-    python benchmarks/bench_fused_step_gpu.py --out results.json   # needs CUDA and triton
+    python benchmarks/bench_fused_step_gpu.py --out results.json   # needs CUDA
+
+Prints one JSON line per measurement and a markdown table at the end (paste it, with the
+device name it prints, into benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
-from nag_engine.kernels.fused_step import fused_step
+import torch.nn.functional as F
 
-from nag_engine.backends import reference_step
+from nag_engine import backends
+from nag_engine.models.dit import modulate
 
 PASSES = 3
+FUSED = ("triton", "cuda")
+# (name, batch, tokens, hidden): DiT-S/2, B/2, XL/2 on a 32x32x4 latent (256 tokens), with the
+# 3 guidance passes stacked in the batch
+ADALN_SHAPES = [
+    ("DiT-S/2 b64", 192, 256, 384),
+    ("DiT-B/2 b64", 192, 256, 768),
+    ("DiT-XL/2 b64", 192, 256, 1152),
+    ("DiT-XL/2 b256", 768, 256, 1152),
+]
 
 
-def timed(fn, reps: int) -> float:
-    """Median seconds per call over `reps` timed calls (CUDA events), after warm-up."""
+def timed(fn, reps: int, device: torch.device) -> float:
+    """Median seconds per call over `reps` timed calls (CUDA events on a GPU), after warm-up."""
     for _ in range(3):
         fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -36,74 +60,160 @@ def timed(fn, reps: int) -> float:
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return sorted(times)[len(times) // 2]
 
 
-def measure(state_bytes: int, dtype: torch.dtype) -> dict:
+def measure_step(state_bytes: int, dtype: torch.dtype, device: torch.device, reps: int) -> dict:
+    """One size and dtype of the fused step: every fused backend against copy and torch."""
     n = state_bytes // 4
-    dev = "cuda"
     size = torch.finfo(dtype).bits // 8
-    out = torch.randn(PASSES, n, device=dev).to(dtype)
-    x = torch.randn(n, device=dev)
-    g = torch.empty(n, device=dev)
-    nxt = torch.empty(PASSES, n, device=dev, dtype=dtype)
-    weights = torch.tensor([[2.5, -1.0, -0.5, 0.0]], device=dev)
-    coef = torch.tensor([[1.0, -0.02, 0.0, 0.0, 1.0]], device=dev)
-    stage = torch.zeros((), dtype=torch.int32, device=dev)
+    out = torch.randn(PASSES, n, device=device).to(dtype)
+    x = torch.randn(n, device=device)
+    g = torch.empty(n, device=device)
+    nxt = torch.empty(PASSES, n, device=device, dtype=dtype)
+    weights = torch.tensor([[2.5, -1.0, -0.5, 0.0]], device=device)
+    coef = torch.tensor([[1.0, -0.02, 0.0, 0.0, 1.0]], device=device)
+    stage = torch.zeros((), dtype=torch.int32, device=device)
     moved = 2 * PASSES * n * size + 12 * n
-    src = torch.empty(moved // 2, dtype=torch.uint8, device=dev)
+    src = torch.empty(moved // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    reps = 20 if moved > 2**28 else 100
+    reps = max(5, reps // 5) if moved > 2**28 else reps
 
-    def run_fused():
-        fused_step(out, weights, coef, stage, x, g_out=g, next_input=nxt)
+    def step(name):
+        fn = backends.implementation(name)
+        return lambda: fn(out, weights, coef, stage, x, g_out=g, next_input=nxt)
 
-    def run_torch():
-        reference_step(out, weights, coef, stage, x, g_out=g, next_input=nxt)
-
-    t_copy = timed(lambda: dst.copy_(src), reps)
-    t_fused = timed(run_fused, reps)
-    t_torch = timed(run_torch, reps)
+    t_copy = timed(lambda: dst.copy_(src), reps, device)
+    t_torch = timed(step("reference"), reps, device)
     copy_bw = 2 * src.numel() / t_copy
-    fused_bw = moved / t_fused
-    return {
+    row = {
         "state_bytes": state_bytes,
         "dtype": str(dtype).replace("torch.", ""),
         "bytes_moved": moved,
         "copy_GBps": copy_bw / 1e9,
-        "fused_GBps": fused_bw / 1e9,
-        "fraction_of_copy": fused_bw / copy_bw,
-        "fused_us": t_fused * 1e6,
         "torch_chain_us": t_torch * 1e6,
+    }
+    for name in FUSED:
+        try:
+            backends.select(device, name)
+        except ValueError:
+            continue  # cannot run here
+        t = timed(step(name), reps, device)
+        row[f"{name}_us"] = t * 1e6
+        row[f"{name}_fraction_of_copy"] = moved / t / copy_bw
+        row[f"{name}_speedup_vs_torch"] = t_torch / t
+    return row
+
+
+def measure_adaln(
+    name: str, shape: tuple, dtype: torch.dtype, device: torch.device, reps: int
+) -> dict:
+    """LayerNorm + modulation: the Triton kernel against F.layer_norm + modulate."""
+    from nag_engine.kernels.adaln import layernorm_modulate
+
+    batch, tokens, dim = shape
+    x = torch.randn(batch, tokens, dim, device=device).to(dtype)
+    mod = torch.randn(batch, 6 * dim, device=device).to(dtype)
+    shift, scale = mod.chunk(6, dim=1)[:2]  # the row-strided views the DiT passes
+    t_torch = timed(lambda: modulate(F.layer_norm(x, (dim,), eps=1e-6), shift, scale), reps, device)
+    t_fused = timed(lambda: layernorm_modulate(x, shift, scale, 1e-6), reps, device)
+    moved = 2 * x.numel() * x.element_size()
+    return {
+        "shape": name,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch_us": t_torch * 1e6,
+        "fused_us": t_fused * 1e6,
         "speedup_vs_torch": t_torch / t_fused,
+        "fused_GBps": moved / t_fused / 1e9,
     }
 
 
-def main() -> int:
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:g} {unit}"
+    return f"{num_bytes} B"
+
+
+def markdown(device_name: str, steps: list[dict], adaln: list[dict]) -> str:
+    lines = [
+        f"Device: {device_name}",
+        "",
+        "| state | dtype | copy GB/s | torch chain µs | "
+        + " | ".join(f"{k} µs | {k} / copy | {k} speed-up" for k in FUSED)
+        + " |",
+        "|---" * (4 + 3 * len(FUSED)) + "|",
+    ]
+    for r in steps:
+        cells = [
+            _size(r["state_bytes"]),
+            r["dtype"],
+            f"{r['copy_GBps']:.0f}",
+            f"{r['torch_chain_us']:.1f}",
+        ]
+        for k in FUSED:
+            if f"{k}_us" in r:
+                cells += [
+                    f"{r[k + '_us']:.1f}",
+                    f"{r[k + '_fraction_of_copy']:.0%}",
+                    f"{r[k + '_speedup_vs_torch']:.2f}×",
+                ]
+            else:
+                cells += ["—"] * 3
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| LayerNorm + modulation | dtype | torch µs | fused µs | speed-up | fused GB/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in adaln:
+        lines.append(
+            f"| {r['shape']} | {r['dtype']} | {r['torch_us']:.1f} | {r['fused_us']:.1f} "
+            f"| {r['speedup_vs_torch']:.2f}× | {r['fused_GBps']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("fused_step_gpu.json"))
+    parser.add_argument("--min-bytes", type=int, default=2**16)
     parser.add_argument("--max-bytes", type=int, default=2**30)
-    args = parser.parse_args()
-    rows = []
-    sizes = []
-    size = 2**16
+    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--device", default="cuda", help="cuda (the point); cpu only to smoke-test")
+    parser.add_argument("--no-adaln", action="store_true", help="skip the LayerNorm benchmark")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device: this benchmark measures GPU bandwidth")
+    sizes, size = [], args.min_bytes
     while size <= args.max_bytes:
         sizes.append(size)
         size *= 4
+    steps, adaln = [], []
     for dtype in (torch.bfloat16, torch.float32):
         for state_bytes in sizes:
-            row = measure(state_bytes, dtype)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            torch.cuda.empty_cache()
+            steps.append(measure_step(state_bytes, dtype, device, args.reps))
+            print(json.dumps(steps[-1]), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if not args.no_adaln:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for name, *shape in ADALN_SHAPES:
+                adaln.append(measure_adaln(name, tuple(shape), dtype, device, args.reps))
+                print(json.dumps(adaln[-1]), flush=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke test)"
     payload = {
-        "device": torch.cuda.get_device_name(),
+        "device": name,
         "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
-        "rows": rows,
+        "available": backends.available(),
+        "fused_step": steps,
+        "layernorm_modulate": adaln,
     }
-    args.out.write_text(json.dumps(payload, indent=1))
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(args.out)
+    print(markdown(name, steps, adaln))
     return 0
 
 

@@ -6,7 +6,7 @@ nag-engine sample --model toy2d       samples (+ PNG) from a shipped model, a ch
                                       file or an exact mixture (ring-exact, gmm32-exact)
 nag-engine analyze --model toy2d      measure noise shift per guidance setting (PNG, JSON, CSV)
 nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable)
-nag-engine info PATH                  what a checkpoint is
+nag-engine info [PATH]                what a checkpoint is; without PATH, the kernel backends here
 """
 
 from __future__ import annotations
@@ -386,10 +386,26 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- info
+def _print_backends() -> None:
+    from . import backends
+
+    print("fused-step backends (auto: triton > cuda on GPUs, cpp on CPUs, else reference):")
+    for name, why in backends.available().items():
+        print(f"  {name:<10} {why}")
+    cuda = torch.cuda.is_available()
+    print(
+        f"  auto picks {backends.select('cpu')!r} for CPU tensors"
+        + (f", {backends.select('cuda')!r} for CUDA tensors" if cuda else " (no CUDA device here)")
+    )
+
+
 def run_info(args: argparse.Namespace) -> int:
     from .checkpoints import read_checkpoint
     from .presets import SHIPPED, shipped_checkpoint
 
+    if args.path is None:
+        _print_backends()
+        return 0
     path = shipped_checkpoint(args.path) if args.path in SHIPPED else Path(args.path)
     config, tensors = read_checkpoint(path)
     params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
@@ -569,8 +585,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true")
 
-    info = commands.add_parser("info", help="describe a checkpoint")
-    info.add_argument("path", help="checkpoint file, or toy2d / digits for the shipped ones")
+    info = commands.add_parser(
+        "info", help="describe a checkpoint, or (without PATH) the kernel backends here"
+    )
+    info.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help="checkpoint file, or a shipped name (toy2d, digits, toy2d-level, digits-level)",
+    )
     return parser
 
 

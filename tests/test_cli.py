@@ -236,3 +236,13 @@ def test_info_describes_a_noise_level_head(capsys):
     assert main(["info", "digits-level"]) == 0
     text = capsys.readouterr().out
     assert "NoiseLevelHead" in text and "noise-level head" in text
+
+
+def test_info_without_a_path_lists_the_backends(capsys):
+    from nag_engine import backends
+
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    for name, why in backends.available().items():
+        assert f"{name:<10} {why}" in text
+    assert f"auto picks {backends.select('cpu')!r} for CPU tensors" in text
