@@ -9,6 +9,7 @@ wrappers raise RuntimeError.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -41,100 +42,61 @@ def status() -> dict[str, Optional[str]]:
     return {"cpp": None, "cuda": cuda}
 
 
-def _call(kernel, out, weights, coef, stage, x, *, x_new, g_prev, z, g_out, next_input, extra):
-    args = prepare(
-        out,
-        weights,
-        coef,
-        x,
-        x_new=x_new,
-        g_prev=g_prev,
-        z=z,
-        g_out=g_out,
-        next_input=next_input,
-        z_dtype=torch.float32,
-    )
-    kernel(
-        args.out,
-        weights,
-        coef,
-        stage,
-        x,
-        args.x_new,
-        args.g_prev,
-        args.z,
-        args.g_out,
-        args.next_input,
-        *extra,
-    )
-    return args.x_new
+def _native_step(name: str, device_type: str, doc: str) -> Callable[..., Tensor]:
+    """The backend-contract wrapper of `_C.fused_step_<cpu|cuda>` for backend `name`."""
+
+    def fused_step(
+        out: Tensor,
+        weights: Tensor,
+        coef: Tensor,
+        stage: Tensor,
+        x: Tensor,
+        *,
+        x_new: Optional[Tensor] = None,
+        g_prev: Optional[Tensor] = None,
+        z: Optional[Tensor] = None,
+        g_out: Optional[Tensor] = None,
+        next_input: Optional[Tensor] = None,
+    ) -> Tensor:
+        why = status()[name]
+        if why is not None:
+            raise RuntimeError(why)
+        if x.device.type != device_type:
+            raise ValueError(
+                f"backend {name!r} needs {device_type.upper()} tensors, got {x.device}"
+            )
+        a = prepare(
+            out,
+            weights,
+            coef,
+            x,
+            x_new=x_new,
+            g_prev=g_prev,
+            z=z,
+            g_out=g_out,
+            next_input=next_input,
+            z_dtype=torch.float32,
+        )
+        kernel = getattr(_C, f"fused_step_{device_type}")
+        stream = (torch.cuda.current_stream(x.device).cuda_stream,) if device_type == "cuda" else ()
+        kernel(
+            a.out, weights, coef, stage, x, a.x_new, a.g_prev, a.z, a.g_out, a.next_input, *stream
+        )
+        return a.x_new
+
+    fused_step.__name__ = fused_step.__qualname__ = f"fused_step_{name}"
+    fused_step.__doc__ = doc
+    return fused_step
 
 
-def fused_step_cpp(
-    out: Tensor,
-    weights: Tensor,
-    coef: Tensor,
-    stage: Tensor,
-    x: Tensor,
-    *,
-    x_new: Optional[Tensor] = None,
-    g_prev: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    g_out: Optional[Tensor] = None,
-    next_input: Optional[Tensor] = None,
-) -> Tensor:
-    """The fused step in C++ on CPU tensors (OpenMP over blocks); returns the new state."""
-    if status()["cpp"] is not None:
-        raise RuntimeError(status()["cpp"])
-    if x.device.type != "cpu":
-        raise ValueError(f"backend 'cpp' needs CPU tensors, got {x.device}")
-    return _call(
-        _C.fused_step_cpu,
-        out,
-        weights,
-        coef,
-        stage,
-        x,
-        x_new=x_new,
-        g_prev=g_prev,
-        z=z,
-        g_out=g_out,
-        next_input=next_input,
-        extra=(),
-    )
-
-
-def fused_step_cuda(
-    out: Tensor,
-    weights: Tensor,
-    coef: Tensor,
-    stage: Tensor,
-    x: Tensor,
-    *,
-    x_new: Optional[Tensor] = None,
-    g_prev: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    g_out: Optional[Tensor] = None,
-    next_input: Optional[Tensor] = None,
-) -> Tensor:
-    """The fused step in CUDA (128-bit loads, fp32 math) on the current stream; returns the
-    new state."""
-    if status()["cuda"] is not None:
-        raise RuntimeError(status()["cuda"])
-    if x.device.type != "cuda":
-        raise ValueError(f"backend 'cuda' needs CUDA tensors, got {x.device}")
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    return _call(
-        _C.fused_step_cuda,
-        out,
-        weights,
-        coef,
-        stage,
-        x,
-        x_new=x_new,
-        g_prev=g_prev,
-        z=z,
-        g_out=g_out,
-        next_input=next_input,
-        extra=(stream,),
-    )
+fused_step_cpp = _native_step(
+    "cpp",
+    "cpu",
+    "The fused step in C++ on CPU tensors (OpenMP over blocks); returns the new state.",
+)
+fused_step_cuda = _native_step(
+    "cuda",
+    "cuda",
+    "The fused step in CUDA (128-bit loads, fp32 math) on the current stream, so it can be "
+    "captured in a CUDA graph; returns the new state.",
+)
