@@ -3,8 +3,9 @@ Noise Awareness Guidance (NAG)."""
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .guidance import Guidance, GuidancePlan
-from .sampler import NonFiniteStateError, Sampler, StepInfo, sample
+from .sampler import NonFiniteStateError, SampleBatch, Sampler, StepInfo, sample
 from .schedules import get_schedule, time_grid
+from .shards import load_shards, sample_to_disk
 
 __version__ = "0.1.0"
 
@@ -12,11 +13,14 @@ __all__ = [
     "Guidance",
     "GuidancePlan",
     "NonFiniteStateError",
+    "SampleBatch",
     "Sampler",
     "StepInfo",
     "get_schedule",
     "load_checkpoint",
+    "load_shards",
     "sample",
+    "sample_to_disk",
     "save_checkpoint",
     "time_grid",
 ]

@@ -115,6 +115,27 @@ def run_sample(args: argparse.Namespace) -> int:
         model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
     start = time.perf_counter()
+    if args.shards is not None:
+        from .shards import sample_to_disk
+
+        paths = sample_to_disk(
+            sampler,
+            args.n,
+            args.shards,
+            y=labels,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            format=args.shard_format,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+        seconds = time.perf_counter() - start
+        print(
+            f"nag_engine {__version__}: {args.n} samples of {args.model} in {len(paths)} "
+            f"{args.shard_format} shards under {args.shards} ({seconds:.1f} s; run the same "
+            "command again to finish an interrupted run)"
+        )
+        return 0
     x = sampler.sample(
         args.n, y=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
     )
@@ -510,6 +531,15 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=None)
     sample.add_argument("--out", type=Path, default=Path("out/samples.npz"), help="NPZ to write")
     sample.add_argument("--no-png", action="store_true", help="skip the picture")
+    sample.add_argument(
+        "--shards",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the samples to DIR in shards instead (resumable: rerun to finish)",
+    )
+    sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    sample.add_argument("--shard-format", default="npz", choices=("npz", "png"))
     sample.add_argument("--no-progress", action="store_true")
 
     analyze = commands.add_parser(

@@ -15,10 +15,9 @@ estimator.)
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -43,6 +42,18 @@ _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
+
+
+DEFAULT_BATCH = 1024  # samples per forward batch when sample() is not told
+
+
+class SampleBatch(NamedTuple):
+    """One batch from `Sampler.stream`."""
+
+    start: int  # index of its first sample in the whole run
+    samples: Tensor  # float32 [batch, *sample_shape], on the sampler's device
+    labels: Optional[Tensor]  # [batch] class ids, or None
+    trajectory: Optional[Tensor] = None  # [steps + 1, batch, ...] when asked for
 
 
 class NonFiniteStateError(ValueError):
@@ -304,34 +315,102 @@ class Sampler:
         at every grid time ([steps + 1, n, *sample_shape]).
 
         `latents` [n, *shape] is the initial state at t_max (standard normal by default, drawn per
-        sample index from `seed`), so results do not depend on `batch_size`."""
+        sample index from `seed`), so results do not depend on `batch_size` (default: up to
+        `DEFAULT_BATCH` samples per forward batch, halved on a CUDA out-of-memory error)."""
+        batches = self.stream(
+            n,
+            y=y,
+            seed=seed,
+            latents=latents,
+            batch_size=batch_size,
+            progress=progress,
+            callback=callback,
+            return_trajectory=return_trajectory,
+        )
+        parts = list(batches)
+        samples = torch.cat([part.samples for part in parts])
+        if return_trajectory:
+            return samples, torch.cat([part.trajectory for part in parts], dim=1)
+        return samples
+
+    def stream(
+        self,
+        n: int,
+        *,
+        y: Any = None,
+        seed: int = 0,
+        latents: Optional[Tensor] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = True,
+        callback: Optional[Callable[[StepInfo], None]] = None,
+        return_trajectory: bool = False,
+        indices: Optional[range] = None,
+    ) -> Iterator[SampleBatch]:
+        """Sample batch by batch, yielding each `SampleBatch` (its first sample index, the
+        float32 samples, their labels) as soon as it is done: for n too large to hold at once.
+
+        Same arguments and samples as `sample`; `indices` (a sub-range of range(n)) draws only
+        those samples -- the same ones a full run draws there, which is what resuming needs. On
+        a CUDA out-of-memory error the batch is halved and retried (down to one sample)."""
         n = _check_positive_int("n", n)
-        batch_size = n if batch_size is None else _check_positive_int("batch_size", batch_size)
+        batch_size = (
+            min(n, DEFAULT_BATCH)
+            if batch_size is None
+            else _check_positive_int("batch_size", batch_size)
+        )
         if latents is not None:
             if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
                 raise ValueError(f"latents must be a tensor [n={n}, ...], got {_describe(latents)}")
+        indices = range(n) if indices is None else indices
+        if indices.step != 1 or (len(indices) and (indices.start < 0 or indices.stop > n)):
+            raise ValueError(f"indices must be a contiguous sub-range of range({n}), got {indices}")
         shape = self._resolve_shape(latents)
         labels = self._check_labels(y, n)
         noise = CounterNoise(seed, shape, self.device)
-        results, trajectories = [], []
-        num_batches = math.ceil(n / batch_size)
+        self.batch_size = batch_size
         with tqdm(
-            total=self.steps * num_batches, desc="sampling", disable=not progress, leave=False
+            total=self.steps * len(indices),
+            desc=f"sampling {len(indices)} x {self.steps} steps",
+            unit="sample-step",
+            unit_scale=True,
+            disable=not progress,
+            leave=False,
         ) as bar:
-            for start in range(0, n, batch_size):
-                stop = min(n, start + batch_size)
+            start = indices.start
+            while start < indices.stop:
+                stop = min(indices.stop, start + self.batch_size)
                 init = latents[start:stop] if latents is not None else None
                 batch_labels = labels[start:stop] if labels is not None else None
-                x, traj = self._sample_batch(
-                    start, stop, shape, noise, init, batch_labels, callback, return_trajectory, bar
-                )
-                results.append(x.clone())
-                if traj is not None:
-                    trajectories.append(traj)
-        samples = torch.cat(results)
-        if return_trajectory:
-            return samples, torch.cat(trajectories, dim=1)
-        return samples
+                try:
+                    x, traj = self._sample_batch(
+                        start,
+                        stop,
+                        shape,
+                        noise,
+                        init,
+                        batch_labels,
+                        callback,
+                        return_trajectory,
+                        bar,
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    if stop - start == 1:
+                        raise
+                    self._halve_batch(stop - start, shape, labels is not None, bar)
+                    continue
+                yield SampleBatch(start, x.clone(), batch_labels, traj)
+                start = stop
+
+    def _halve_batch(self, failed: int, shape: tuple, labelled: bool, bar) -> None:
+        """After an out-of-memory error on a batch of `failed` samples: drop its buffers, free
+        the cache, and continue with half as many."""
+        self._buffers.pop((failed, shape, labelled), None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.batch_size = max(1, failed // 2)
+        bar.write(
+            f"out of memory with a batch of {failed} samples: continuing with {self.batch_size}"
+        )
 
     def _autocast(self):
         param = next(iter(self.model.parameters()), None)
@@ -420,7 +499,7 @@ class Sampler:
                     callback(StepInfo(i, t, t_next, x_start, prediction, x, start))
                 if traj is not None:
                     traj.append(x.clone())
-                bar.update(1)
+                bar.update(batch)
         bad = int(first_bad)  # the one host read of the batch
         if bad >= 0:
             raise NonFiniteStateError(

@@ -1,0 +1,195 @@
+"""Large sampling runs written to disk in shards, resumable after an interruption.
+
+`sample_to_disk(sampler, n, out_dir)` cuts the run into fixed shards of `shard_size` samples
+(shard i holds samples i*shard_size ...), and writes each shard once it is complete, atomically:
+
+* ``npz``: ``shard_00000.npz`` with ``samples`` (float32), ``index`` (int64) and ``labels``
+  (int64, -1 when unconditional);
+* ``png``: a folder ``shard_00000/`` with one ``0000000.png`` per sample (images with 1 or 3
+  channels, values in [-1, 1]) and ``labels.json``.
+
+``manifest.json`` records what the run is (n, seed, shards, the sampler's settings, the
+labels). Run the same call again and it skips the shards on disk and samples the rest: the
+sampler draws every sample from its own index, so the result equals one uninterrupted run,
+without duplicates or gaps. A different run into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .images import atomic_write_bytes, encode_png
+from .sampler import Sampler
+
+FORMATS = ("npz", "png")
+MANIFEST = "manifest.json"
+
+
+def _run_identity(sampler: Sampler, n: int, seed: int, shard_size: int, fmt: str, labels) -> dict:
+    """What must match for a folder to be resumed."""
+    model = sampler.model
+    digest = None
+    if labels is not None:
+        digest = hashlib.sha256(labels.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
+    return {
+        "n": n,
+        "seed": seed,
+        "shard_size": shard_size,
+        "format": fmt,
+        "model": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": sampler.steps,
+        "solver": sampler.solver,
+        "cfg_scale": sampler.guidance.cfg_scale,
+        "nag_scale": sampler.guidance.nag_scale,
+        "classifier_nag_scale": sampler.classifier_nag_scale,
+        "dtype": str(sampler.dtype).replace("torch.", ""),
+        "labels_sha256": digest,
+    }
+
+
+def _shard_path(out_dir: Path, index: int, fmt: str) -> Path:
+    return out_dir / (f"shard_{index:05d}.npz" if fmt == "npz" else f"shard_{index:05d}")
+
+
+def _to_uint8_images(samples: torch.Tensor) -> np.ndarray:
+    """[B, C, H, W] in [-1, 1] with C in (1, 3) -> uint8 [B, H, W] or [B, H, W, 3]."""
+    if samples.ndim != 4 or samples.shape[1] not in (1, 3):
+        raise ValueError(
+            f"format='png' needs images [B, 1 or 3, H, W], got samples of shape "
+            f"{tuple(samples.shape)}; use format='npz'"
+        )
+    pixels = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
+
+
+def _write_shard(path: Path, fmt: str, start: int, samples: torch.Tensor, labels) -> None:
+    index = np.arange(start, start + len(samples), dtype=np.int64)
+    label_array = (
+        labels.cpu().numpy().astype(np.int64) if labels is not None else np.full(len(index), -1)
+    )
+    if fmt == "npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, samples=samples.cpu().numpy(), index=index, labels=label_array)
+        atomic_write_bytes(path, buffer.getvalue())
+        return
+    images = _to_uint8_images(samples)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        for i, image in zip(index, images):
+            (tmp / f"{i:07d}.png").write_bytes(encode_png(image))
+        (tmp / "labels.json").write_text(
+            json.dumps(dict(zip(map(int, index), map(int, label_array))))
+        )
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary files and folders of a shard whose writing was interrupted."""
+    for stale in out_dir.glob(".shard_*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def sample_to_disk(
+    sampler: Sampler,
+    n: int,
+    out_dir: Union[str, Path],
+    *,
+    y: Any = None,
+    seed: int = 0,
+    shard_size: int = 1000,
+    format: str = "npz",
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Sample n samples into shards under `out_dir` (see the module docstring), skipping the
+    shards a previous run of the same call already wrote. Returns the shard paths in order."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = sampler._check_labels(y, n)
+    identity = _run_identity(sampler, n, seed, shard_size, format, labels)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        changed = sorted(k for k in identity if previous.get(k) != identity[k])
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a different run (differs in {', '.join(changed)}); use a new "
+                "folder, or delete this one to start over"
+            )
+    else:
+        atomic_write_bytes(manifest_path, json.dumps(identity, indent=1).encode())
+    _remove_leftovers(out_dir)
+    shards = [_shard_path(out_dir, i, format) for i in range((n + shard_size - 1) // shard_size)]
+    done = sum(min(shard_size, n - i * shard_size) for i, p in enumerate(shards) if p.exists())
+    with tqdm(
+        total=n, initial=done, desc="samples on disk", unit="sample", disable=not progress
+    ) as bar:
+        for i, path in enumerate(shards):
+            if path.exists():
+                continue
+            lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
+            parts = sampler.stream(
+                n,
+                y=labels,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress,
+                indices=range(lo, hi),
+            )
+            batches = list(parts)
+            samples = torch.cat([b.samples for b in batches])
+            shard_labels = labels[lo:hi] if labels is not None else None
+            _write_shard(path, format, lo, samples, shard_labels)
+            bar.update(hi - lo)
+    return shards
+
+
+def load_shards(out_dir: Union[str, Path]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(samples [n, ...], labels [n] or None) of a finished ``npz`` run, in sample order."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    if manifest["format"] != "npz":
+        raise ValueError(f"load_shards reads npz runs; {out_dir} is a {manifest['format']} run")
+    paths = sorted(out_dir.glob("shard_*.npz"))
+    expected = (manifest["n"] + manifest["shard_size"] - 1) // manifest["shard_size"]
+    if len(paths) != expected:
+        raise ValueError(
+            f"{out_dir} has {len(paths)} of {expected} shards: run sample_to_disk again to finish"
+        )
+    samples, labels, index = [], [], []
+    for path in paths:
+        with np.load(path) as shard:
+            samples.append(shard["samples"])
+            labels.append(shard["labels"])
+            index.append(shard["index"])
+    order = np.concatenate(index)
+    if not np.array_equal(order, np.arange(manifest["n"])):
+        raise ValueError(f"the shards in {out_dir} do not cover samples 0..n-1 exactly once")
+    label_array = np.concatenate(labels)
+    return (
+        torch.from_numpy(np.concatenate(samples)),
+        None if (label_array < 0).all() else torch.from_numpy(label_array),
+    )
