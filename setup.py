@@ -20,8 +20,8 @@ from setuptools import setup
 
 CPU_SOURCES = ["csrc/bindings.cpp", "csrc/fused_step_cpu.cpp"]
 CUDA_SOURCES = ["csrc/fused_step_cuda.cu"]
-CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math"]
+CXX_FLAGS = ["-O3", "-fopenmp"]  # (the C++ standard: torch's choice)
+NVCC_FLAGS = ["-O3"]  # no fast math: keep IEEE subnormals, like the reference
 
 
 def _flag(name: str) -> bool:
@@ -73,14 +73,15 @@ def _native_build():
         extension = cpu_extension()
 
     class OptionalBuildExt(cpp_extension.BuildExtension):
-        """Falls back to the CPU-only extension when the CUDA part fails, and to no extension
-        (with a warning) when that fails too, unless NAG_ENGINE_REQUIRE_EXT=1."""
+        """Falls back to the CPU-only extension when the CUDA build fails (a compile error, or
+        torch's nvcc / compiler version checks), and to no extension (with a warning) when that
+        fails too, unless NAG_ENGINE_REQUIRE_EXT=1."""
 
-        def build_extension(self, ext):
+        def build_extensions(self):
             try:
-                super().build_extension(ext)
+                super().build_extensions()
                 return
-            except Exception as err:  # compiler missing, nvcc/torch CUDA mismatch, ...
+            except Exception as err:
                 if not with_cuda:
                     return self._give_up(err)
                 warnings.warn(
@@ -88,8 +89,13 @@ def _native_build():
                     "building the CPU part only",
                     stacklevel=1,
                 )
+            cpu = cpu_extension()
+            for attr in ("_full_name", "_links_to_dynamic", "_needs_stub", "_file_name"):
+                if hasattr(self.extensions[0], attr):  # set by setuptools' finalize_options
+                    setattr(cpu, attr, getattr(self.extensions[0], attr))
+            self.extensions = [cpu]
             try:
-                super().build_extension(cpu_extension())
+                super().build_extensions()  # defines TORCH_EXTENSION_NAME for the new one too
             except Exception as err:
                 self._give_up(err)
 

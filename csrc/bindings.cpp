@@ -2,9 +2,12 @@
 // the C++ CPU kernel or (when built with NAG_WITH_CUDA) the CUDA kernel.
 //
 // The Python wrapper (nag_engine/native.py) brings read-only inputs into the state's layout
-// first; the checks here keep a direct call from reading past an array.
+// first; the checks here keep a direct call from reading past an array (the stage index of a
+// CUDA call lives on the device: the kernel traps on one outside the tables). The kernels run
+// without the GIL.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -66,6 +69,7 @@ NagStepArgs make_args(const at::Tensor& out, const at::Tensor& weights, const at
   }
   TORCH_CHECK(weights.size(1) >= out.size(0), "weights has fewer columns than passes");
   TORCH_CHECK(coef.size(1) == NAG_COEF_COLUMNS, "coef must have 5 columns (a, b, b2, c, keep)");
+  TORCH_CHECK(coef.size(0) >= 1 && weights.size(0) >= 1, "the coef and weights tables are empty");
   TORCH_CHECK(stage.numel() == 1 && stage.device() == x.device() &&
                   (stage.scalar_type() == at::kInt || stage.scalar_type() == at::kLong),
               "stage must be one int32/int64 element on x's device");
@@ -77,6 +81,8 @@ NagStepArgs make_args(const at::Tensor& out, const at::Tensor& weights, const at
   a.weights = weights.data_ptr<float>();
   a.w_stride = weights.stride(0);
   a.coef = coef.data_ptr<float>();
+  a.coef_stride = coef.stride(0);
+  a.stages = std::min(coef.size(0), weights.size(0));
   a.stage = stage.data_ptr();
   a.stage_int64 = stage.scalar_type() == at::kLong;
   a.x = x.data_ptr<float>();
@@ -103,8 +109,7 @@ void fused_step_cpu(const at::Tensor& out, const at::Tensor& weights, const at::
               "stage must be >= 0");
   const int64_t row = a.stage_int64 ? *static_cast<const int64_t*>(a.stage)
                                     : *static_cast<const int32_t*>(a.stage);
-  TORCH_CHECK(row < coef.size(0) && row < weights.size(0), "stage ", row,
-              " is past the end of the tables");
+  TORCH_CHECK(row < a.stages, "stage ", row, " is past the end of the tables");
   if (a.n > 0) nag_fused_step_cpu(&a);
 }
 
@@ -129,13 +134,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_step_cpu", &fused_step_cpu, "fused guidance + solver step, C++ on CPU tensors",
         py::arg("out"), py::arg("weights"), py::arg("coef"), py::arg("stage"), py::arg("x"),
         py::arg("x_new"), py::arg("g_prev"), py::arg("z"), py::arg("g_out"),
-        py::arg("next_input"));
+        py::arg("next_input"), py::call_guard<py::gil_scoped_release>());
 #ifdef NAG_WITH_CUDA
   m.def("fused_step_cuda", &fused_step_cuda,
         "fused guidance + solver step, CUDA, launched on the given cudaStream_t", py::arg("out"),
         py::arg("weights"), py::arg("coef"), py::arg("stage"), py::arg("x"), py::arg("x_new"),
         py::arg("g_prev"), py::arg("z"), py::arg("g_out"), py::arg("next_input"),
-        py::arg("stream"));
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

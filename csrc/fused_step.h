@@ -25,7 +25,9 @@ typedef struct NagStepArgs {
   int passes;           // 1..4
   const float* weights; // [stages, w_stride] pass weights
   long long w_stride;
-  const float* coef;    // [stages, NAG_COEF_COLUMNS]
+  const float* coef;    // [stages, NAG_COEF_COLUMNS] (row stride coef_stride)
+  long long coef_stride;
+  long long stages;     // rows of both tables: a stage outside [0, stages) is an error
   const void* stage;    // one int32 (stage_int64 = 0) or int64 on the kernel's device
   int stage_int64;
   const float* x;       // [n] state

@@ -86,7 +86,7 @@ void dispatch_next(const NagStepArgs& args, const Row& r) {
 extern "C" void nag_fused_step_cpu(const NagStepArgs* args) {
   const int64_t stage = args->stage_int64 ? *static_cast<const int64_t*>(args->stage)
                                           : *static_cast<const int32_t*>(args->stage);
-  const float* row = args->coef + stage * NAG_COEF_COLUMNS;
+  const float* row = args->coef + stage * args->coef_stride;
   const float* w = args->weights + stage * args->w_stride;
   Row r{row[0], row[1], row[2], row[3], row[4] != 0.0f, {0.0f, 0.0f, 0.0f, 0.0f}};
   for (int p = 0; p < args->passes; ++p) r.w[p] = w[p];

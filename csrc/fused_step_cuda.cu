@@ -85,7 +85,8 @@ __global__ void __launch_bounds__(THREADS) fused_step_kernel(NagStepArgs args, b
 
   const int64_t stage = args.stage_int64 ? *static_cast<const long long*>(args.stage)
                                          : *static_cast<const int*>(args.stage);
-  const float* row = args.coef + stage * NAG_COEF_COLUMNS;
+  if (stage < 0 || stage >= args.stages) __trap();  // like a failed device-side index check
+  const float* row = args.coef + stage * args.coef_stride;
   const float* w = args.weights + stage * args.w_stride;
   const In* out = static_cast<const In*>(args.out);
 
@@ -121,7 +122,11 @@ __global__ void __launch_bounds__(THREADS) fused_step_kernel(NagStepArgs args, b
   Next* next = static_cast<Next*>(args.next);
   for (int s = 0; s < args.next_slots; ++s) store8(next + s * n + start, left, full, xo);
   if (args.g_out != nullptr) store8(args.g_out + start, left, full, g);
-  store8(args.x_new + start, left, full, row[4] != 0.0f ? xo : x);
+  if (row[4] != 0.0f) {
+    store8(args.x_new + start, left, full, xo);
+  } else if (args.x_new != args.x) {  // a stage that keeps x: nothing to write in place
+    store8(args.x_new + start, left, full, x);
+  }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -47,6 +47,7 @@ def _fused_step_kernel(
     next_ptr,  # [PN, n] next model input
     n,
     w_stride,
+    coef_stride,
     P: tl.constexpr,
     PN: tl.constexpr,
     HAS_GPREV: tl.constexpr,
@@ -58,7 +59,7 @@ def _fused_step_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     stage = tl.load(stage_ptr).to(tl.int64)
-    row = coef_ptr + stage * 5
+    row = coef_ptr + stage * coef_stride
     a = tl.load(row)
     b = tl.load(row + 1)
     keep = tl.load(row + 4)
@@ -124,6 +125,7 @@ def fused_step(
         next_input if slots else dummy,
         n,
         weights.stride(0),
+        coef.stride(0),
         P=args.passes,
         PN=slots,
         HAS_GPREV=g_prev is not None,

@@ -62,17 +62,25 @@ class CounterNoise:
     """Standard normal noise for samples of a fixed shape, addressed by (sample, stream)."""
 
     def __init__(self, seed: int, sample_shape: tuple[int, ...], device: torch.device | str):
-        self.seed_hash = _seed_hash(seed)
         self.sample_shape = tuple(sample_shape)
         numel = math.prod(self.sample_shape)
         self._elements = torch.arange(numel, dtype=torch.int64, device=device).view(1, numel)
+        # the seed's hash lives on the device, so a captured CUDA graph reads the current one
+        self._seed = torch.zeros((), dtype=torch.int64, device=device)
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Draw from `seed` from now on (no host sync: one device fill)."""
+        self.seed = seed
+        self.seed_hash = _seed_hash(seed)
+        self._seed.fill_(self.seed_hash)
 
     def normal(self, sample_index: Tensor, stream: Union[Tensor, int]) -> Tensor:
         """float32 noise of shape [len(sample_index), *sample_shape].
 
         `sample_index` is an int64 tensor of global sample indices; `stream` an int or a 0-d int64
         tensor (a device-side step counter works and keeps the call free of host syncs)."""
-        start = torch.full_like(sample_index, self.seed_hash)
+        start = self._seed.expand_as(sample_index)
         row = _mix64(_mix64(start, sample_index), stream)
         key = _mix(row.view(-1, 1), self._elements)
         u1 = _uniform(_mix(key, 0x1B873593))

@@ -15,6 +15,7 @@ estimator.)
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Union
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import backends
+from . import backends, graphs
 from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .guidance import Guidance, GuidancePlan, Pass
@@ -152,6 +153,7 @@ class Sampler:
         classifier_nag_scale: float = 0.0,
         classifier_nag_interval: Optional[tuple[float, float]] = None,
         backend: Optional[str] = None,
+        cuda_graphs: graphs.Mode = "auto",
         **solver_options: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -225,7 +227,22 @@ class Sampler:
         self._coef_table, self._weight_table = backends.step_tables(columns, self.plan)
         self._stage_ids = torch.arange(len(self.stages), device=self.device, dtype=torch.int32)
         self._step_ids = torch.arange(self.steps, device=self.device)
+        self._keep_table = torch.tensor(self.stages.keep, dtype=torch.bool, device=self.device)
+        self._step_of_stage = torch.tensor(self.stages.step, dtype=torch.long, device=self.device)
         self._buffers: dict[tuple, dict[str, Any]] = {}
+        self.cuda_graphs = graphs.check_mode(cuda_graphs)
+        self.graph_reason = graphs.static_reason(
+            self.device,
+            self.cuda_graphs,
+            classifier_nag=self._classifier is not None,
+            time_shift_sampler=self._time_shift is not None,
+        )
+        if self.cuda_graphs is True and self.graph_reason is not None:
+            raise RuntimeError(
+                f"cuda_graphs=True, but the step cannot be captured: {self.graph_reason}"
+            )
+        self._graph_runner = graphs.CudaGraphs(self.device) if self.graph_reason is None else None
+        self._call_reason: Optional[str] = None
 
     # ------------------------------------------------------------------ input checks
     def _resolve_shape(self, latents: Optional[Tensor]) -> tuple[int, ...]:
@@ -274,13 +291,17 @@ class Sampler:
         dev = self.device
         bufs: dict[str, Any] = {
             "x": torch.empty(batch, *shape, device=dev, dtype=torch.float32),
-            "x_in": torch.empty(rows, *shape, device=dev, dtype=self.dtype),
+            "x_in": torch.zeros(rows, *shape, device=dev, dtype=self.dtype),
             "t_in": torch.empty(rows, device=dev, dtype=torch.float32),
-            "y_in": torch.empty(rows, device=dev, dtype=torch.long) if labelled else None,
+            "y_in": torch.zeros(rows, device=dev, dtype=torch.long) if labelled else None,
             "g_prev": torch.zeros(batch, *shape, device=dev) if self.stages.uses_g_prev else None,
             "g": torch.empty(batch, *shape, device=dev, dtype=torch.float32),
             "index": torch.empty(batch, device=dev, dtype=torch.long),
             "flags": {},
+            # read by captured stages: the stage counter, the first bad step (and the noise,
+            # with its seed on the device, made at capture)
+            "stage": torch.zeros((), device=dev, dtype=torch.long),
+            "first_bad": torch.full((), -1, device=dev, dtype=torch.long),
         }
         for passes in self.plan.distinct_pass_sets():
             bufs["flags"][passes] = self._drop_flags(passes, batch, labelled)
@@ -412,16 +433,93 @@ class Sampler:
             f"out of memory with a batch of {failed} samples: continuing with {self.batch_size}"
         )
 
-    def _autocast(self):
+    def _autocast(self, captured: bool = False):
         param = next(iter(self.model.parameters()), None)
         if self.dtype != torch.float32 and param is not None and param.dtype != self.dtype:
-            return torch.autocast(self.device.type, dtype=self.dtype)
+            # no weight-cast cache under capture: the cast must be part of the graph
+            return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=not captured)
         return contextlib.nullcontext()
+
+    def graph_status(self) -> str:
+        """Whether sampling replays CUDA graphs, and if not, why."""
+        if self.graph_reason is not None:
+            return f"eager: {self.graph_reason}"
+        captured = self._graph_runner.captured
+        text = f"CUDA graphs ({captured} captured: one per batch shape and pass set)"
+        if self._call_reason is not None:
+            text += f"; the last call ran eagerly: {self._call_reason}"
+        return text
+
+    def _graph_replays(self, bufs, batch, shape, noise, callback, keep_traj) -> Optional[dict]:
+        """{pass set: replay} for this batch's buffers (captured on first use), or None to run
+        eagerly."""
+        reason = self.graph_reason or graphs.call_reason(callback is not None, keep_traj)
+        self._call_reason = reason if self.graph_reason is None else None
+        if reason is not None:
+            if self.cuda_graphs is True:
+                raise RuntimeError(f"cuda_graphs=True, but this call cannot use them: {reason}")
+            return None
+        if "graphs" not in bufs:
+            bufs["noise"] = CounterNoise(noise.seed, shape, self.device)
+            try:
+                bufs["graphs"] = {
+                    passes: self._graph_runner.capture(self._stage_body(bufs, passes, batch, shape))
+                    for passes in self.plan.distinct_pass_sets()
+                }
+            except Exception as err:
+                if self.cuda_graphs is True:
+                    raise RuntimeError(
+                        f"cuda_graphs=True, but capturing the step failed: {err}"
+                    ) from err
+                self.graph_reason = f"capturing the step failed ({type(err).__name__}: {err})"
+                warnings.warn(f"{self.graph_reason}; sampling eagerly", stacklevel=3)
+                return None
+        return bufs["graphs"]
+
+    def _stage_body(self, bufs, passes, batch, shape) -> Callable[[], None]:
+        """One stage with pass set `passes`, everything stage-dependent read on the device at
+        the stage counter (which it advances): what a CUDA graph captures."""
+        x, x_in, t_in, y_in, g_prev = (bufs[k] for k in ("x", "x_in", "t_in", "y_in", "g_prev"))
+        stage, first_bad, noise, index = (bufs[k] for k in ("stage", "first_bad", "noise", "index"))
+        p, rows, slots = len(passes), len(passes) * batch, self.plan.max_passes
+        drop_t, drop_y = bufs["flags"][passes]
+        noisy = any(c != 0.0 for c in self.stages.c)
+        at = stage.view(1)
+
+        def body() -> None:
+            t_in[:rows].copy_(self._times.index_select(0, at).expand(rows))
+            with self._autocast(captured=True):
+                out = self._forward(
+                    x_in[:rows],
+                    t_in[:rows],
+                    y_in[:rows] if y_in is not None else None,
+                    drop_t=drop_t,
+                    drop_y=drop_y,
+                )
+            _check_output(out, x_in[:rows])
+            self._fused_step(  # every slot of the next input: the next pass set may be larger
+                out.view(p, batch, *shape),
+                self._weight_table,
+                self._coef_table,
+                stage,
+                x,
+                g_prev=g_prev,
+                z=noise.normal(index, stage + 1) if noisy else None,  # c = 0 where not noisy
+                g_out=g_prev,
+                next_input=x_in[: slots * batch].view(slots, batch, *shape),
+            )
+            bad = ~torch.isfinite(x).all() & self._keep_table.index_select(0, at)[0]
+            step = self._step_of_stage.index_select(0, at)[0]
+            first_bad.copy_(torch.where((first_bad < 0) & bad, step, first_bad))
+            stage.add_(1)
+
+        return body
 
     @torch.no_grad()
     def _sample_batch(self, start, stop, shape, noise, init, labels, callback, keep_traj, bar):
         batch = stop - start
         bufs = self._get_buffers(batch, shape, labels is not None)
+        replays = self._graph_replays(bufs, batch, shape, noise, callback, keep_traj)
         x, x_in, t_in, y_in, g_prev, g = (
             bufs[k] for k in ("x", "x_in", "t_in", "y_in", "g_prev", "g")
         )
@@ -437,6 +535,16 @@ class Sampler:
         traj = [x.clone()] if keep_traj else None
         p0 = plan.num_passes(0)
         x_in[: p0 * batch].view(p0, batch, *shape).copy_(x.unsqueeze(0).expand(p0, *x.shape))
+        if replays is not None:
+            if bufs["noise"].seed != noise.seed:
+                bufs["noise"].reseed(noise.seed)
+            bufs["stage"].zero_()
+            first_bad = bufs["first_bad"].fill_(-1)
+            for k in range(len(stages)):
+                replays[plan.passes[k]]()
+                if stages.keep[k]:
+                    bar.update(batch)
+            return self._finish_batch(first_bad, start, stop, x, None)
         x_start, prediction = None, None
         with self._autocast():
             for k in range(len(stages)):
@@ -458,12 +566,7 @@ class Sampler:
                     drop_t=drop_t,
                     drop_y=drop_y,
                 )
-                if not isinstance(out, Tensor) or out.shape != x_in[:rows].shape:
-                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                    raise ValueError(
-                        f"model output has shape {got}, expected "
-                        f"{tuple(x_in[:rows].shape)} (the shape of its input x)"
-                    )
+                _check_output(out, x_in[:rows])
                 if self._classifier is not None and self._classifier.active(k):
                     delta = self._classifier.delta(
                         k, x_in[:batch].float(), y_in[:batch] if y_in is not None else None
@@ -500,6 +603,9 @@ class Sampler:
                 if traj is not None:
                     traj.append(x.clone())
                 bar.update(batch)
+        return self._finish_batch(first_bad, start, stop, x, traj)
+
+    def _finish_batch(self, first_bad, start, stop, x, traj):
         bad = int(first_bad)  # the one host read of the batch
         if bad >= 0:
             raise NonFiniteStateError(
@@ -508,6 +614,14 @@ class Sampler:
                 "guidance scales, or sample in float32"
             )
         return x, torch.stack(traj) if traj is not None else None
+
+
+def _check_output(out: Any, x_in: Tensor) -> None:
+    if not isinstance(out, Tensor) or out.shape != x_in.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"model output has shape {got}, expected {tuple(x_in.shape)} (the shape of its input x)"
+        )
 
 
 def _describe(value: Any) -> str:

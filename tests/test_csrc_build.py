@@ -55,7 +55,7 @@ def test_cuda_binding_compiles_against_torch_headers():
     includes = [f"-I{p}" for p in include_paths()]
     includes += [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}"]
     compile_ok(
-        [cxx, "-std=c++17", "-fsyntax-only", "-DNAG_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C"]
+        [cxx, "-std=c++20", "-fsyntax-only", "-DNAG_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C"]
         + includes
         + [str(CSRC / "bindings.cpp")]
     )

@@ -131,6 +131,19 @@ def test_stage_counter_selects_the_row(kernel, counter):
     assert not torch.allclose(results[0], results[1])
 
 
+def test_tables_with_a_row_stride(kernel):
+    """Coefficient and weight tables that are views of wider tables are read by row stride."""
+    inputs, slots = case(3, torch.float32, 64, "all")
+    wide = torch.randn(3, 8, device=DEVICE)
+    wide[:, :5] = inputs["coef"]
+    inputs["coef"] = wide[:, :5]
+    wide_w = torch.randn(3, 7, device=DEVICE)
+    wide_w[:, :4] = inputs["weights"]
+    inputs["weights"] = wide_w[:, :4]
+    assert inputs["coef"].stride(0) == 8 and inputs["weights"].stride(0) == 7
+    assert_same(kernel[1], inputs, slots, torch.float32)
+
+
 def test_non_contiguous_inputs_and_channels_last(kernel):
     fused_step = kernel[1]
     g = torch.Generator().manual_seed(3)
