@@ -129,7 +129,13 @@ class Sampler:
     """Reusable sampler for one model and one configuration (steps, solver, guidance).
 
     The time grid, the stage coefficients and the guidance plan are built once; the static
-    buffers are kept per batch size, so repeated calls allocate nothing new."""
+    buffers are kept per batch size, so repeated calls allocate nothing new.
+
+    Speed options: `dtype` ("bf16" / "fp16" / "fp32": the model's; the state, times and
+    coefficients stay float32), `backend` (the fused-step kernel, see nag_engine.backends),
+    `cuda_graphs` ("auto": capture each stage on CUDA where possible, True: capture or raise,
+    False: eager; `graph_status()` says which and why), `compile` (True or torch.compile
+    options for the model's forward)."""
 
     def __init__(
         self,
@@ -154,6 +160,7 @@ class Sampler:
         classifier_nag_interval: Optional[tuple[float, float]] = None,
         backend: Optional[str] = None,
         cuda_graphs: graphs.Mode = "auto",
+        compile: Union[bool, dict] = False,
         **solver_options: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -202,6 +209,13 @@ class Sampler:
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         scaling = check_eps_scaling(eps_scaling)
         self._forward = EpsilonScaledModel(model, self.schedule, *scaling) if scaling else model
+        if compile is not False:  # torch.compile'd forward (inside a captured graph too)
+            if not isinstance(compile, (bool, dict)):
+                raise TypeError(
+                    f"compile must be True, False or a dict of torch.compile options, got "
+                    f"{type(compile).__name__}"
+                )
+            self._forward = torch.compile(self._forward, **(compile if compile is not True else {}))
         shift = check_time_shift(time_shift_sampler)
         self._time_shift = TimeShift(self.schedule, device=self.device, **shift) if shift else None
         self.classifier_nag_scale = float(classifier_nag_scale)

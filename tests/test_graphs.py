@@ -150,3 +150,16 @@ def test_a_failed_capture_falls_back_or_fails_loudly(mixture):
     strict.cuda_graphs = True
     with pytest.raises(RuntimeError, match="cuda_graphs=True, but capturing the step failed"):
         strict.sample(6, progress=False)
+
+
+def test_a_compiled_forward_gives_the_same_samples(mixture):
+    from nag_engine.models import MLPDenoiser
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=16, depth=1, num_classes=4).eval()
+    kw = dict(cfg_scale=2.0, nag_scale=0.5)
+    eager = ne.Sampler(model, 4, **kw).sample(8, y=1, seed=3, progress=False)
+    compiled = graphed(ne.Sampler(model, 4, compile={"backend": "eager"}, **kw))
+    torch.testing.assert_close(compiled.sample(8, y=1, seed=3, progress=False), eager)
+    with pytest.raises(TypeError, match="compile must be"):
+        ne.Sampler(model, 4, compile="max-autotune")

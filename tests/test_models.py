@@ -253,7 +253,7 @@ def test_constructor_validation() -> None:
     with pytest.raises(ValueError, match="prediction"):
         MLPDenoiser(2, prediction="noise")
     with pytest.raises(ValueError, match="attention"):
-        DiT(input_size=8, hidden_size=32, depth=1, num_heads=2, attention="xformers")
+        DiT(input_size=8, hidden_size=32, depth=1, num_heads=2, attention="flash")
     with pytest.raises(ValueError):
         DiT(input_size=9, patch_size=2, hidden_size=32, depth=1, num_heads=2)
 

@@ -41,13 +41,14 @@ __all__ = [
     "DiT_S_2",
     "DiT_XL_2",
     "FinalLayer",
+    "check_attention",
     "PatchEmbed",
     "gated_residual",
     "get_2d_sincos_pos_embed",
     "modulate",
 ]
 
-ATTENTION_BACKENDS = ("sdpa",)
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers")
 FUSED_MODES = ("auto", "on", "off")
 
 
@@ -143,21 +144,52 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+@functools.cache
+def _xformers_attention():
+    """xformers.ops.memory_efficient_attention, or None where xformers does not import."""
+    try:
+        from xformers.ops import memory_efficient_attention
+    except Exception:  # ImportError, or a build for another torch
+        return None
+    return memory_efficient_attention
+
+
+def check_attention(backend: str) -> str:
+    """Validate an attention backend name; "xformers" must be importable."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "xformers" and _xformers_attention() is None:
+        raise ValueError(
+            "attention='xformers' needs the xformers package (pip install xformers, built for "
+            "your torch); use attention='sdpa' or 'auto'"
+        )
+    return backend
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, using PyTorch SDPA."""
+    """Multi-head self-attention with a fused qkv projection: PyTorch SDPA, or xformers'
+    memory-efficient attention ("auto": xformers on CUDA tensors where it is installed)."""
 
     def __init__(self, hidden_size: int, num_heads: int, attention: str = "sdpa") -> None:
         super().__init__()
-        if attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        self.backend = check_attention(attention)
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def _uses_xformers(self, x: Tensor) -> bool:
+        if self.backend == "auto":
+            return x.is_cuda and _xformers_attention() is not None
+        return self.backend == "xformers"
 
     def forward(self, x: Tensor) -> Tensor:
         """Self-attention over tokens ``x`` ``[B, N, D]``."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        if self._uses_xformers(x):
+            q, k, v = qkv.unbind(2)  # each [B, N, heads, head_dim]: xformers' layout
+            out = _xformers_attention()(q, k, v)
+            return self.proj(out.reshape(b, n, d))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
         out = scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
@@ -249,8 +281,7 @@ class DiT(nn.Module):
     ) -> None:
         super().__init__()
         check_prediction(prediction)
-        if attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        check_attention(attention)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch {patch_size}")
         if hidden_size % num_heads:
@@ -315,6 +346,15 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def set_attention(self, backend: str) -> DiT:
+        """Switch the attention implementation ("auto", "sdpa", "xformers"); weights are
+        unchanged. Returns self."""
+        check_attention(backend)
+        for block in self.blocks:
+            block.attn.backend = backend
+        self.attention = self.config["attention"] = backend
+        return self
 
     def set_fused_kernels(self, mode: str) -> DiT:
         """Where LayerNorm + modulation and the gated residual run as fused Triton kernels:
