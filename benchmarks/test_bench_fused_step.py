@@ -74,4 +74,4 @@ def test_fused_step(benchmark, record, size, dtype, variant):
     call = torch_chain if variant == "torch chain" else kernel_call(variant)
     benchmark.group = f"fused step {size} {dtype}"
     benchmark(call, t)
-    record(f"CFG+NAG Euler, {size} elements, {dtype}", variant, benchmark)
+    record(f"CFG+NAG Euler, {size} elements, {dtype}", variant, benchmark, "torch chain")

@@ -39,3 +39,20 @@ def test_layernorm_benchmark_row():
     pytest.importorskip("triton")
     row = bench.measure_adaln("tiny", (2, 3, 16), torch.float32, torch.device("cpu"), reps=1)
     assert row["shape"] == "tiny" and row["fused_us"] > 0 and row["torch_us"] > 0
+
+
+def test_sampling_benchmark_runs_its_tiny_configuration(tmp_path, capsys):
+    from benchmarks import sampling
+
+    out = tmp_path / "sampling.json"
+    assert sampling.main(["--tiny", "--variants", "a,b,d", "--reps", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["a"]["speedup_vs_a"] == 1.0 and row["a"]["max_abs_diff_vs_a"] == 0.0
+    # the same latents, labels and guidance: (d) in bf16 stays near the fp32 loop
+    assert 0 < row["d"]["max_abs_diff_vs_a"] < 0.05
+    assert row["d"]["backend"] == backends.select("cpu")
+    assert "eager: cpu tensors" in row["d"]["graphs"]
+    table = capsys.readouterr().out
+    assert "| tiny DiT | 4 | (d) nag_engine |" in table
+    with pytest.raises(SystemExit):
+        sampling.main(["--models", "DiT-Q/9"])
