@@ -163,3 +163,31 @@ def test_a_compiled_forward_gives_the_same_samples(mixture):
     torch.testing.assert_close(compiled.sample(8, y=1, seed=3, progress=False), eager)
     with pytest.raises(TypeError, match="compile must be"):
         ne.Sampler(model, 4, compile="max-autotune")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama"])
+def test_real_cuda_graphs_give_the_eager_samples(solver):
+    from conftest import randomized
+
+    from nag_engine.models import DiT
+
+    torch.manual_seed(0)
+    model = randomized(
+        DiT(
+            input_size=8,
+            patch_size=2,
+            in_channels=4,
+            hidden_size=64,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+        )
+    ).cuda()
+    kw = dict(solver=solver, cfg_scale=1.5, nag_scale=0.5, nag_interval=(0.0, 0.6))
+    y = torch.arange(12, device="cuda") % 10
+    eager = ne.Sampler(model, 6, cuda_graphs=False, **kw).sample(12, y=y, progress=False)
+    sampler = ne.Sampler(model, 6, cuda_graphs=True, **kw)
+    graphed_x = sampler.sample(12, y=y, progress=False)
+    assert sampler.graph_status().startswith("CUDA graphs (2 captured")  # two pass sets
+    torch.testing.assert_close(graphed_x, eager, rtol=1e-4, atol=1e-4)
