@@ -51,6 +51,23 @@ def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def small_dit(seed: int = 0, **overrides) -> torch.nn.Module:
+    """A 2-block DiT on 8x8x2 inputs with 4 classes and small random weights (eval mode)."""
+    from nag_engine.models import DiT
+
+    torch.manual_seed(seed)
+    config = dict(
+        input_size=8,
+        patch_size=2,
+        in_channels=2,
+        hidden_size=48,
+        depth=2,
+        num_heads=3,
+        num_classes=4,
+    )
+    return randomized(DiT(**{**config, **overrides}), seed)
+
+
 N_SAMPLES = 4000
 
 

@@ -10,9 +10,8 @@ import types
 
 import pytest
 import torch
-from conftest import randomized
+from conftest import small_dit
 
-from nag_engine.models import DiT
 from nag_engine.models import dit as dit_module
 
 
@@ -39,18 +38,7 @@ def fake_xformers(monkeypatch):
 
 
 def small(attention="sdpa"):
-    torch.manual_seed(0)
-    model = DiT(
-        input_size=8,
-        patch_size=2,
-        in_channels=2,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        num_classes=4,
-        attention=attention,
-    )
-    return randomized(model)
+    return small_dit(attention=attention)
 
 
 def test_xformers_layout_gives_the_sdpa_outputs(fake_xformers):

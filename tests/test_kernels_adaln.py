@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_dit as conftest_small_dit
 
 from nag_engine.models.dit import gated_residual as gated_reference
 from nag_engine.models.dit import modulate
@@ -82,21 +83,7 @@ def test_row_strided_per_sample_views_are_read_in_place():
 
 
 def small_dit(seed=0):
-    from conftest import randomized
-
-    from nag_engine.models import DiT
-
-    torch.manual_seed(seed)
-    model = DiT(
-        input_size=8,
-        patch_size=2,
-        in_channels=2,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        num_classes=4,
-    )
-    return randomized(model, seed).to(DEVICE)
+    return conftest_small_dit(seed).to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
