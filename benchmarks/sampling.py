@@ -10,6 +10,12 @@ guidance (CFG + NAG, three passes per step, Euler) through four loops, timed in 
     python -m benchmarks.sampling                      # GPU: DiT-S/B/XL, batch 1/16/64/256
     python -m benchmarks.sampling --tiny               # CPU smoke configuration, ratios only
     python -m benchmarks.sampling --models DiT-S/2 --batches 64 --out r.json
+    python -m benchmarks.sampling --diffusers          # + diffusers' DiT through its own loop
+
+With --diffusers (where the diffusers package imports), diffusers' own `DiTTransformer2DModel`
+of the same size (random weights, bf16) is also timed through (e) diffusers' `DiTPipeline`
+(DDIM, CFG: two passes per step; its VAE is a minimal one) and (f) the same transformer through
+nag_engine's adapter (`nag_engine.models.DiffusersDiT`, DDIM, CFG).
 
 Reports images/s, ms per step, peak memory, model FLOP utilisation (forward FLOPs x 3 passes x
 steps / time / the GPU's bf16 peak) and, for (d), the share of the step spent in the fused
@@ -32,13 +38,22 @@ from nag_engine import backends
 from nag_engine.models import DiT
 from nag_engine.models.dit import DIT_CONFIGS
 
-CFG, NAG = 1.5, 0.5
-VARIANTS = ("a", "b", "c", "d")
+CFG, NAG = 1.5, 0.5  # DESIGN.md's convention: cfg_scale 1.0 and nag_scale 0.0 are off
+VARIANTS = ("a", "b", "c", "d", "e", "f")
 LABELS = {
     "a": "(a) eager fp32, 3 forwards",
     "b": "(b) diffusers-style bf16",
     "c": "(c) (b) + torch.compile",
     "d": "(d) nag_engine",
+    "e": "(e) diffusers DiTPipeline (CFG)",
+    "f": "(f) its DiT via nag_engine (CFG)",
+}
+# diffusers' DiTTransformer2DModel sizes: (heads, head dim, layers)
+DIFFUSERS_SIZES = {
+    "DiT-S/2": (6, 64, 12),
+    "DiT-B/2": (12, 64, 12),
+    "DiT-L/2": (16, 64, 24),
+    "DiT-XL/2": (16, 72, 28),
 }
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
@@ -72,7 +87,7 @@ def loop_eager(model, x, y, grid):
         cond = model(x, tt, y)
         uncond = model(x, tt, y, drop_y=ones)
         no_t = model(x, tt, y, drop_t=ones)
-        v = cond + CFG * (cond - uncond) + NAG * (cond - no_t)
+        v = cond + (CFG - 1) * (cond - uncond) + NAG * (cond - no_t)
         x = x + (t_next - t) * v
     return x
 
@@ -89,7 +104,7 @@ def loop_batched(model, x, y, grid):
         x_in = torch.cat([x, x, x])
         t_in = torch.full((3 * b,), t, device=x.device)
         cond, uncond, no_t = model(x_in, t_in, y_in, drop_t=drop_t, drop_y=drop_y).chunk(3)
-        v = cond + CFG * (cond - uncond) + NAG * (cond - no_t)
+        v = cond + (CFG - 1) * (cond - uncond) + NAG * (cond - no_t)
         x = x + (t_next - t) * v
     return x.float()
 
@@ -170,6 +185,67 @@ def measure(name, batch, steps, device, tiny, variants, reps, compile_d) -> dict
     return row
 
 
+def measure_diffusers(name, batch, steps, device, tiny, reps) -> dict:
+    """(e) diffusers' DiTPipeline against (f) its transformer through nag_engine, CFG only."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    from nag_engine.models import DiffusersDiT
+
+    heads, head_dim, layers = (2, 16, 2) if tiny else DIFFUSERS_SIZES[name]
+    torch.manual_seed(0)
+    transformer = (
+        DiTTransformer2DModel(
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            num_layers=layers,
+            sample_size=8 if tiny else 32,
+            in_channels=4,
+            out_channels=8,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+            norm_num_groups=8,
+        )
+        .to(device, torch.bfloat16)
+        .eval()
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    ).to(device, torch.bfloat16)
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    labels = [int(i) for i in torch.randint(0, 1000, (batch,), generator=gen)]
+    cfg = CFG  # diffusers' guidance_scale is the same convention: uncond + s (cond - uncond)
+    model = DiffusersDiT(transformer)
+    sampler = ne.Sampler(model, steps, solver="ddim", cfg_scale=cfg, dtype="bf16")
+    y = torch.tensor(labels, device=device)
+    runs = {
+        "e": lambda: (
+            pipe(
+                class_labels=labels, guidance_scale=cfg, num_inference_steps=steps, output_type="pt"
+            ).images
+        ),
+        "f": lambda: sampler.sample(batch, y=y, batch_size=batch, progress=False),
+    }
+    row = {}
+    with torch.no_grad():
+        for key, fn in runs.items():
+            seconds, peak = timed(fn, device, reps)
+            row[key] = {
+                "images_per_s": batch / seconds,
+                "ms_per_step": 1e3 * seconds / steps,
+                "peak_GiB": peak,
+                "tflops": float("nan"),
+            }
+    row["f"]["speedup_vs_e"] = row["e"]["ms_per_step"] / row["f"]["ms_per_step"]
+    return row
+
+
 def markdown(device_name: str, peak_tflops: float | None, rows: list[dict]) -> str:
     lines = [
         f"Device: {device_name}" + (f" (bf16 peak {peak_tflops:g} TFLOP/s)" if peak_tflops else ""),
@@ -182,11 +258,17 @@ def markdown(device_name: str, peak_tflops: float | None, rows: list[dict]) -> s
             if key not in row:
                 continue
             r = row[key]
-            mfu = f"{r['tflops'] / peak_tflops:.1%}" if peak_tflops else "—"
+            known = peak_tflops and r["tflops"] == r["tflops"]  # (nan: not counted)
+            mfu = f"{r['tflops'] / peak_tflops:.1%}" if known else "—"
+            if "speedup_vs_a" in r:
+                speedup = f"{r['speedup_vs_a']:.2f}×"
+            elif "speedup_vs_e" in r:
+                speedup = f"{r['speedup_vs_e']:.2f}× vs (e)"
+            else:
+                speedup = "—"
             lines.append(
                 f"| {row['model']} | {row['batch']} | {LABELS[key]} | {r['images_per_s']:.2f} "
-                f"| {r['ms_per_step']:.2f} | {r.get('speedup_vs_a', float('nan')):.2f}× "
-                f"| {r['peak_GiB']:.2f} | {mfu} |"
+                f"| {r['ms_per_step']:.2f} | {speedup} | {r['peak_GiB']:.2f} | {mfu} |"
             )
         if "d" in row:
             lines.append(
@@ -208,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-d", action="store_true", help="torch.compile inside (d) too")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU")
+    parser.add_argument("--diffusers", action="store_true", help="add (e) and (f), see above")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     variants = tuple(v for v in args.variants.split(",") if v)
-    if set(variants) - set(VARIANTS):
-        parser.error(f"--variants takes a subset of {','.join(VARIANTS)}")
+    if set(variants) - set("abcd"):
+        parser.error("--variants takes a subset of a,b,c,d (--diffusers adds e,f)")
+    if args.diffusers:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            parser.error("--diffusers needs the diffusers package (pip install diffusers)")
     if args.tiny:
         models, batches, steps = ["tiny"], [4], min(args.steps, 4)
     else:
@@ -230,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in models:
         for batch in batches:
-            rows.append(
-                measure(model, batch, steps, device, args.tiny, variants, args.reps, args.compile_d)
+            row = measure(
+                model, batch, steps, device, args.tiny, variants, args.reps, args.compile_d
             )
+            if args.diffusers:
+                row.update(measure_diffusers(model, batch, steps, device, args.tiny, args.reps))
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     print(markdown(name, peak, rows))
     if args.out is not None:

@@ -56,3 +56,27 @@ def test_sampling_benchmark_runs_its_tiny_configuration(tmp_path, capsys):
     assert "| tiny DiT | 4 | (d) nag_engine |" in table
     with pytest.raises(SystemExit):
         sampling.main(["--models", "DiT-Q/9"])
+
+
+def test_the_baseline_loops_compute_what_nag_engine_computes():
+    """(a) and (b) must be the same guided Euler sampler as (d): checked in fp32, where they
+    can agree tightly (a guidance-convention slip would show here)."""
+    import nag_engine as ne
+    from benchmarks import sampling
+
+    model = sampling.make_model("tiny", True, torch.device("cpu"))
+    with torch.no_grad():  # make the three passes differ clearly
+        model.y_embedder.embedding_table.weight.mul_(50)
+        model.t_embedder.null_embedding.mul_(50)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(3, *model.sample_shape, generator=gen)
+    y = torch.tensor([1, 7, 999])
+    sampler = ne.Sampler(model, 5, cfg_scale=sampling.CFG, nag_scale=sampling.NAG, solver="euler")
+    with torch.no_grad():
+        expected = sampler.sample(3, y=y, latents=latents, progress=False)
+        eager = sampling.loop_eager(model, latents, y, sampler.grid.float())
+        batched = sampling.loop_batched(model, latents, y, sampler.grid.float())  # bf16 latents
+        plain = ne.Sampler(model, 5, solver="euler").sample(3, y=y, latents=latents, progress=False)
+    assert (expected - plain).abs().max() > 0.05  # guidance matters for this model
+    torch.testing.assert_close(eager, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batched, expected, rtol=0.05, atol=0.05)

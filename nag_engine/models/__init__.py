@@ -1,6 +1,7 @@
 """Reference networks (MLP, DiT), the exact Gaussian-mixture model and adapters."""
 
 from .analytic import GaussianMixtureModel, random_mixture, ring_mixture
+from .diffusers_dit import DiffusersDiT
 from .dit import DIT_CONFIGS, DiT, DiT_B_2, DiT_L_2, DiT_S_2, DiT_XL_2
 from .mlp import MLPDenoiser
 from .noise_head import NoiseLevelHead
@@ -13,6 +14,7 @@ __all__ = [
     "DiT_L_2",
     "DiT_S_2",
     "DiT_XL_2",
+    "DiffusersDiT",
     "FunctionDenoiser",
     "GaussianMixtureModel",
     "MLPDenoiser",
