@@ -30,5 +30,6 @@ tail -3 "$OUT/tests.txt"
 timeout 1200 python benchmarks/bench_fused_step_gpu.py --out "$OUT/fused_step_gpu.json" \
   > "$OUT/fused_step_gpu.md" 2>&1
 tail -30 "$OUT/fused_step_gpu.md"
-timeout 1800 python -m benchmarks.sampling --out "$OUT/sampling.json" > "$OUT/sampling.md" 2>&1
+extra=$(python -c "import diffusers" 2>/dev/null && echo --diffusers || true)
+timeout 1800 python -m benchmarks.sampling $extra --out "$OUT/sampling.json" > "$OUT/sampling.md" 2>&1
 tail -30 "$OUT/sampling.md"
