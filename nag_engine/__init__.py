@@ -3,6 +3,7 @@ Noise Awareness Guidance (NAG)."""
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .guidance import Guidance, GuidancePlan
+from .parallel import ParallelSampler, ParallelStats
 from .sampler import NonFiniteStateError, SampleBatch, Sampler, StepInfo, sample
 from .schedules import get_schedule, time_grid
 from .shards import load_shards, sample_to_disk
@@ -13,6 +14,8 @@ __all__ = [
     "Guidance",
     "GuidancePlan",
     "NonFiniteStateError",
+    "ParallelSampler",
+    "ParallelStats",
     "SampleBatch",
     "Sampler",
     "StepInfo",

@@ -662,8 +662,9 @@ def sample(
     progress: bool = True,
     callback: Optional[Callable[[StepInfo], None]] = None,
     return_trajectory: bool = False,
+    parallel: Optional[dict] = None,
     **options: Any,
-) -> Union[Tensor, tuple[Tensor, Tensor]]:
+) -> Union[Tensor, tuple[Tensor, Any]]:
     """Draw n samples from `model` in `steps` solver steps with CFG and / or classifier-free NAG.
 
     `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: cfg_interval,
@@ -672,7 +673,33 @@ def sample(
     nag_engine.corrections), classifier-based NAG (noise_estimator, classifier_nag_scale,
     classifier_nag_interval; see nag_engine.classifier_nag), and the solver's own (eta for ddim,
     diffusion / diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the
-    trajectory [steps + 1, n, ...] when `return_trajectory`."""
+    trajectory [steps + 1, n, ...] when `return_trajectory`.
+
+    `parallel=dict(window=..., tolerance=...)` samples by Picard iteration instead
+    (`nag_engine.parallel.ParallelSampler`, one-stage solvers) and returns (samples, stats)."""
+    if parallel is not None:
+        from .parallel import ParallelSampler
+
+        if callback is not None or return_trajectory:
+            raise ValueError("parallel sampling supports neither callback nor return_trajectory")
+        if not isinstance(parallel, dict):
+            raise TypeError(f"parallel must be a dict(window=..., tolerance=...), got {parallel!r}")
+        runner = ParallelSampler(
+            model,
+            steps,
+            **parallel,
+            solver=solver,
+            schedule=schedule,
+            cfg_scale=cfg_scale,
+            nag_scale=nag_scale,
+            device=device,
+            dtype=dtype,
+            **options,
+        )
+        samples = runner.sample(
+            n, y=y, seed=seed, latents=latents, batch_size=batch_size, progress=progress
+        )
+        return samples, runner.stats
     sampler = Sampler(
         model,
         steps,

@@ -1,0 +1,213 @@
+"""Parallel sampling by Picard iteration over a sliding window (ParaDiGMS, Shih et al. 2023).
+
+A one-stage solver step is ``x_{j+1} = a_j x_j + b_j g_j(x_j) + c_j z_j``; written as
+``x_{j+1} = x_j + d_j`` with the drift ``d_j = (a_j - 1) x_j + b_j g_j + c_j z_j``, the whole
+trajectory is the fixed point of ``x_{j+1} = x_s + sum_{i=s..j} d_i(x_i)``. Each Picard
+iteration evaluates the model at every point of a window of `window` steps in ONE batched
+forward (times the guidance passes, so CFG and NAG work as in the sequential sampler), sums the
+drifts from the window start, and compares the new points with the old: step j has converged
+when the squared change of x_{j+1} per dimension (worst sample) is below ``tolerance**2`` times
+that step's noise variance (``c_j**2``; for deterministic steps, the variance the forward
+process adds between the step's two times). The window then slides past the converged prefix
+(at least one step: x_{s+1} is exact once x_s is).
+
+The noise of every step is drawn up front from the same counter-based generator as the
+sequential sampler, so the parallel result converges to the *sequential* trajectory with the
+same seed; with tolerance 0 it is that trajectory (up to rounding), and with window 1 it is the
+sequential sampler. The inner iteration reads one small tensor back (the converged prefix).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .noise import CounterNoise
+from .sampler import Sampler, _check_positive_int
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ParallelStats:
+    """What a parallel run cost, summed over its batches."""
+
+    iterations: int = 0  # Picard iterations: sequential rounds of (batched) model calls
+    model_evals: int = 0  # per-sample model evaluations: window points x passes, summed
+    sequential_evals: int = 0  # what the sequential sampler needs: steps x passes (per batch)
+    wall_time: float = 0.0  # seconds
+    per_batch_iterations: list[int] = field(default_factory=list)
+
+
+class ParallelSampler:
+    """Picard-iteration sampler with the sequential `Sampler`'s model, solver and guidance
+    options (one-stage solvers: euler, euler-maruyama, ddim, ddpm).
+
+    `window`: steps evaluated together per iteration; `tolerance`: the convergence threshold
+    relative to each step's noise standard deviation. `sample` returns the samples; `stats`
+    holds the cost of the last call."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        steps: int,
+        *,
+        window: int = 16,
+        tolerance: float = 0.1,
+        **options: Any,
+    ) -> None:
+        self.window = _check_positive_int("window", window)
+        if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        self.tolerance = float(tolerance)
+        for unsupported in ("noise_estimator", "classifier_nag_scale", "time_shift_sampler"):
+            if options.get(unsupported):
+                raise ValueError(f"{unsupported} is not supported by the parallel sampler")
+        self.sampler = Sampler(model, steps, cuda_graphs=False, **options)
+        stages = self.sampler.stages
+        if len(stages) != steps or not all(stages.keep) or stages.uses_g_prev:
+            raise ValueError(
+                f"parallel sampling needs a one-stage solver (euler, euler-maruyama, ddim, "
+                f"ddpm); {self.sampler.solver!r} has {len(stages)} model evaluations for "
+                f"{steps} steps"
+            )
+        self.steps = steps
+        dev = self.sampler.device
+        plan = self.sampler.plan
+        # every pass any step uses, run for every window point (weight 0 where a step skips it)
+        self.passes = list(dict.fromkeys(p for passes in plan.passes for p in passes))
+        weights = torch.zeros(steps, len(self.passes), dtype=torch.float64)
+        for j, (passes, w) in enumerate(zip(plan.passes, plan.weights)):
+            for p, value in zip(passes, w):
+                weights[j, self.passes.index(p)] = value
+        self._weights = weights.to(dev, torch.float32)
+        as_column = dict(dtype=torch.float64)
+        self._a = torch.tensor(stages.a, **as_column).to(dev, torch.float32)
+        self._b = torch.tensor(stages.b, **as_column).to(dev, torch.float32)
+        self._c = torch.tensor(stages.c, **as_column).to(dev, torch.float32)
+        self._variance = step_variances(self.sampler).to(dev, torch.float32)
+        self.stats = ParallelStats()
+
+    def sample(
+        self,
+        n: int,
+        *,
+        y: Any = None,
+        seed: int = 0,
+        latents: Optional[Tensor] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Draw n samples (float32 [n, *sample_shape]), the same ones the sequential sampler
+        draws with this seed up to the tolerance; the cost is in `self.stats`."""
+        sampler = self.sampler
+        n = _check_positive_int("n", n)
+        batch_size = n if batch_size is None else _check_positive_int("batch_size", batch_size)
+        if latents is not None and (not isinstance(latents, Tensor) or len(latents) != n):
+            raise ValueError(f"latents must be a tensor [n={n}, ...]")
+        shape = sampler._resolve_shape(latents)
+        labels = sampler._check_labels(y, n)
+        noise = CounterNoise(seed, shape, sampler.device)
+        self.stats = ParallelStats()
+        start_time = time.perf_counter()
+        results = []
+        with tqdm(total=n, desc="parallel sampling", disable=not progress, leave=False) as bar:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                init = latents[start:stop] if latents is not None else None
+                batch_labels = labels[start:stop] if labels is not None else None
+                results.append(self._sample_batch(start, stop, shape, noise, init, batch_labels))
+                bar.update(stop - start)
+        self.stats.wall_time = time.perf_counter() - start_time
+        return torch.cat(results)
+
+    @torch.no_grad()
+    def _sample_batch(self, start, stop, shape, noise, init, labels) -> Tensor:
+        sampler, steps, window = self.sampler, self.steps, self.window
+        dev, passes = sampler.device, len(self.passes)
+        index = torch.arange(start, stop, device=dev)
+        x0 = init.to(dev, torch.float32) if init is not None else noise.normal(index, 0)
+        traj = x0.unsqueeze(0).repeat(steps + 1, *([1] * x0.ndim))  # [T + 1, B, ...]
+        z = None
+        if sampler.stages.stochastic:  # stream j + 1 for step j, as in the sequential sampler
+            z = torch.stack([noise.normal(index, j + 1) for j in range(steps)])
+        drop_t = torch.tensor([p.drop_t for p in self.passes], device=dev)
+        drop_y = torch.tensor([p.drop_y for p in self.passes], device=dev)
+        thresholds = self.tolerance**2 * self._variance
+        expand = (-1,) + (1,) * (len(shape) + 1)  # per-step scalars over [L, B, ...]
+        begin, iterations, evals = 0, 0, 0
+        while begin < steps:
+            end = min(begin + window, steps)
+            length = end - begin
+            g = self._guided(traj[begin:end], begin, end, labels, drop_t, drop_y)
+            a, b = self._a[begin:end].view(expand), self._b[begin:end].view(expand)
+            drift = (a - 1) * traj[begin:end] + b * g
+            if z is not None:
+                drift = drift + self._c[begin:end].view(expand) * z[begin:end]
+            new = traj[begin] + torch.cumsum(drift, dim=0)  # x_{begin+1} .. x_end
+            change = (new - traj[begin + 1 : end + 1]).square().flatten(2).mean(2).amax(1)
+            traj[begin + 1 : end + 1] = new
+            bad = change > thresholds[begin:end]
+            first_bad = torch.where(bad.any(), bad.to(torch.int64).argmax(), length)
+            advance = max(int(first_bad), 1)  # the one host read of the iteration
+            iterations, evals = iterations + 1, evals + length * passes
+            new_begin, new_end = begin + advance, min(begin + advance + window, steps)
+            if new_end > end:  # points entering the window start from the latest estimate
+                traj[end + 1 : new_end + 1] = traj[end]
+            begin = new_begin
+        self.stats.iterations += iterations
+        self.stats.model_evals += evals
+        self.stats.sequential_evals += steps * passes
+        self.stats.per_batch_iterations.append(iterations)
+        return traj[steps].clone()
+
+    def _guided(self, xs, begin, end, labels, drop_t, drop_y) -> Tensor:
+        """Guided predictions g_j for the window points xs [L, B, ...]: all passes of all points
+        in one forward."""
+        sampler = self.sampler
+        length, batch = xs.shape[0], xs.shape[1]
+        passes = len(self.passes)
+        rows = length * passes * batch
+        x_in = xs.unsqueeze(1).expand(length, passes, *xs.shape[1:]).reshape(rows, *xs.shape[2:])
+        t_in = sampler._times[begin:end].view(length, 1, 1).expand(length, passes, batch)
+        y_in = None
+        if labels is not None:
+            y_in = labels.view(1, 1, batch).expand(length, passes, batch).reshape(rows)
+        flags = [
+            f.view(1, passes, 1).expand(length, passes, batch).reshape(rows)
+            for f in (drop_t, drop_y)
+        ]
+        with sampler._autocast():
+            out = sampler._forward(
+                x_in.to(sampler.dtype),
+                t_in.reshape(rows),
+                y_in,
+                drop_t=flags[0] if any(p.drop_t for p in self.passes) else None,
+                drop_y=flags[1]
+                if labels is not None and any(p.drop_y for p in self.passes)
+                else None,
+            )
+        out = out.float().view(length, passes, *xs.shape[1:])
+        weights = self._weights[begin:end].view(length, passes, *([1] * (xs.ndim - 1)))
+        return (weights * out).sum(1)
+
+
+def step_variances(sampler: Sampler) -> Tensor:
+    """float64 [steps]: each step's noise variance c_j^2, or for a deterministic step the
+    variance the forward process adds between its two times,
+    sigma(t_j)^2 - (alpha(t_j) / alpha(t_{j+1}))^2 sigma(t_{j+1})^2."""
+    schedule, grid = sampler.schedule, sampler.grid.to(torch.float64)
+    hi, lo = grid[:-1], grid[1:]
+    alpha_hi, alpha_lo = schedule.alpha(hi), schedule.alpha(lo)
+    forward = schedule.sigma(hi) ** 2 - (alpha_hi / alpha_lo) ** 2 * schedule.sigma(lo) ** 2
+    c = torch.tensor(sampler.stages.c, dtype=torch.float64)
+    variance = torch.where(c != 0, c**2, forward.clamp_min(0.0))
+    if not bool(torch.isfinite(variance).all()) or math.isclose(float(variance.max()), 0.0):
+        raise ValueError("the schedule gives no usable per-step noise variance for the tolerance")
+    return variance
