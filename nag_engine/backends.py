@@ -160,3 +160,22 @@ def step_tables(columns: dict[str, Tensor], plan) -> tuple[Tensor, Tensor]:
     device columns (``StageTable.tensors``) and a GuidancePlan."""
     coef = torch.stack([columns[name].float() for name in COEF_COLUMNS], dim=1)
     return coef, plan.weight_table(coef.device).to(torch.float32)
+
+
+def picard_backend(step_backend: str) -> str:
+    """The Picard-update implementation that goes with a fused-step backend: Triton with
+    Triton, else the torch reference (the update has no C++ / CUDA-extension version)."""
+    return "triton" if step_backend == "triton" else "reference"
+
+
+def picard_implementation(name: str) -> Callable[..., Tensor]:
+    """The fused Picard update of the parallel sampler (see `nag_engine.parallel`)."""
+    if name == "triton":
+        from .kernels.picard import picard_update
+
+        return picard_update
+    if name == "reference":
+        from .parallel import picard_update_reference
+
+        return picard_update_reference
+    raise ValueError(f"unknown Picard backend {name!r}: choose 'triton' or 'reference'")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import backends
 from .noise import CounterNoise
 from .sampler import Sampler, _check_positive_int
 
@@ -92,6 +93,8 @@ class ParallelSampler:
         self._b = torch.tensor(stages.b, **as_column).to(dev, torch.float32)
         self._c = torch.tensor(stages.c, **as_column).to(dev, torch.float32)
         self._variance = step_variances(self.sampler).to(dev, torch.float32)
+        self.picard_backend = backends.picard_backend(self.sampler.backend)
+        self._picard = backends.picard_implementation(self.picard_backend)
         self.stats = ParallelStats()
 
     def sample(
@@ -140,19 +143,20 @@ class ParallelSampler:
         drop_t = torch.tensor([p.drop_t for p in self.passes], device=dev)
         drop_y = torch.tensor([p.drop_y for p in self.passes], device=dev)
         thresholds = self.tolerance**2 * self._variance
-        expand = (-1,) + (1,) * (len(shape) + 1)  # per-step scalars over [L, B, ...]
         begin, iterations, evals = 0, 0, 0
         while begin < steps:
             end = min(begin + window, steps)
             length = end - begin
-            g = self._guided(traj[begin:end], begin, end, labels, drop_t, drop_y)
-            a, b = self._a[begin:end].view(expand), self._b[begin:end].view(expand)
-            drift = (a - 1) * traj[begin:end] + b * g
-            if z is not None:
-                drift = drift + self._c[begin:end].view(expand) * z[begin:end]
-            new = traj[begin] + torch.cumsum(drift, dim=0)  # x_{begin+1} .. x_end
-            change = (new - traj[begin + 1 : end + 1]).square().flatten(2).mean(2).amax(1)
-            traj[begin + 1 : end + 1] = new
+            out = self._model_outputs(traj[begin:end], begin, end, labels, drop_t, drop_y)
+            change = self._picard(  # traj[begin + 1 : end + 1] updated in place
+                out,
+                self._weights[begin:end],
+                self._a[begin:end],
+                self._b[begin:end],
+                self._c[begin:end],
+                traj[begin : end + 1],
+                None if z is None else z[begin:end],
+            ).amax(1)  # the worst sample of each step
             bad = change > thresholds[begin:end]
             first_bad = torch.where(bad.any(), bad.to(torch.int64).argmax(), length)
             advance = max(int(first_bad), 1)  # the one host read of the iteration
@@ -167,9 +171,9 @@ class ParallelSampler:
         self.stats.per_batch_iterations.append(iterations)
         return traj[steps].clone()
 
-    def _guided(self, xs, begin, end, labels, drop_t, drop_y) -> Tensor:
-        """Guided predictions g_j for the window points xs [L, B, ...]: all passes of all points
-        in one forward."""
+    def _model_outputs(self, xs, begin, end, labels, drop_t, drop_y) -> Tensor:
+        """The model outputs [L, P, B, ...] at the window points xs [L, B, ...]: all passes of
+        all points in one forward."""
         sampler = self.sampler
         length, batch = xs.shape[0], xs.shape[1]
         passes = len(self.passes)
@@ -193,9 +197,34 @@ class ParallelSampler:
                 if labels is not None and any(p.drop_y for p in self.passes)
                 else None,
             )
-        out = out.float().view(length, passes, *xs.shape[1:])
-        weights = self._weights[begin:end].view(length, passes, *([1] * (xs.ndim - 1)))
-        return (weights * out).sum(1)
+        return out.view(length, passes, *xs.shape[1:])
+
+
+def picard_update_reference(
+    out: Tensor,
+    weights: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    xs: Tensor,
+    z: Optional[Tensor] = None,
+) -> Tensor:
+    """One Picard update of a window in plain torch (the reference of the fused kernel).
+
+    out [L, P, B, ...] model outputs, weights [L, P] pass weights, a / b / c [L] the steps'
+    coefficients, xs [L + 1, B, ...] the window's points (xs[0] = its exact start; rows 1..L
+    are replaced by the new estimates), z [L, B, ...] the steps' noise or None. Returns the
+    mean squared change per element of each new point, [L, B]."""
+    length = out.shape[0]
+    per_step = (-1,) + (1,) * (xs.ndim - 1)
+    g = (weights.view(*weights.shape, *([1] * (xs.ndim - 1))) * out.float()).sum(1)
+    drift = (a.view(per_step) - 1) * xs[:length] + b.view(per_step) * g
+    if z is not None:
+        drift = drift + c.view(per_step) * z
+    new = xs[0] + torch.cumsum(drift, dim=0)
+    change = (new - xs[1:]).square().flatten(2).mean(2)
+    xs[1:] = new
+    return change
 
 
 def step_variances(sampler: Sampler) -> Tensor:
