@@ -131,14 +131,15 @@ def run_one(
 BEGIN, END = "<!-- reproduce.py: begin -->", "<!-- reproduce.py: end -->"
 
 
-def replace_section(path: Path, body: str) -> str:
-    """The text of `path` with the section between the reproduce.py markers replaced by `body`
-    (appended when there is none), so other benchmarks' tables in the file survive."""
-    section = f"{BEGIN}\n{body}\n{END}"
+def replace_section(path: Path, body: str, marker: str = "reproduce.py") -> str:
+    """The text of `path` with the section between `marker`'s begin / end comments replaced
+    by `body` (appended when there is none), so other benchmarks' tables in the file survive."""
+    begin, end = f"<!-- {marker}: begin -->", f"<!-- {marker}: end -->"
+    section = f"{begin}\n{body}\n{end}"
     old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        return head + section + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        return head + section + rest.split(end, 1)[1]
     return (old.rstrip() + "\n\n" if old.strip() else "") + section + "\n"
 
 

@@ -375,3 +375,17 @@ def test_digit_precision_recall(digits):
     noise = torch.rand(len(first), 1, 8, 8, generator=gen(2)) * 2 - 1
     precision, _ = digit_precision_recall(noise, reference=x[second])
     assert precision < 0.1
+
+
+def test_mmd_rbf_separates_distributions_and_not_samples_of_one():
+    from nag_engine.analysis.metrics import mmd_rbf
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g)
+    shifted = torch.randn(400, 2, generator=g) + torch.tensor([0.5, 0.0])
+    same, apart = mmd_rbf(a, b), mmd_rbf(a, shifted)
+    assert abs(same) < 0.01 < apart
+    assert mmd_rbf(a, shifted) == pytest.approx(mmd_rbf(shifted, a))
+    assert mmd_rbf(a, shifted, bandwidth=0.5) != pytest.approx(apart)
+    with pytest.raises(ValueError, match="two samples"):
+        mmd_rbf(a[:1], b)

@@ -33,3 +33,49 @@ def test_tiny_run_writes_tables_figure_and_data(tmp_path, capsys):
     before = text
     assert main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "RESULTS.md").read_text() == before
+
+
+def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
+    from benchmarks import cdl_eval
+
+    monkeypatch.setitem(cdl_eval.SETS["ring"], "n", 64)
+    monkeypatch.setattr(
+        cdl_eval,
+        "SAMPLERS",
+        [
+            ("DDPM 20", "ddpm", 20, None),
+            ("parallel DDPM 20", "ddpm", 20, dict(window=20, tolerance=0.1)),
+        ],
+    )
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nhand-written text\n")
+    args = [
+        "--train-steps",
+        "20",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--json",
+        str(tmp_path / "c.json"),
+        "--results",
+        str(results),
+    ]
+    assert cdl_eval.main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "ring-cdl0.1.safetensors",
+        "ring-cdl0.safetensors",
+    ]
+    payload = json.loads((tmp_path / "c.json").read_text())
+    rows = payload["sets"]["ring"]
+    assert [(r["sampler"], r["cdl"]) for r in rows] == [
+        ("DDPM 20", "no"),
+        ("DDPM 20", "yes"),
+        ("parallel DDPM 20", "no"),
+        ("parallel DDPM 20", "yes"),
+    ]
+    assert all(r["iterations"] <= 20 and r["energy"] >= 0 for r in rows)
+    assert rows[0]["iterations"] == 20 and rows[2]["iterations"] <= 20
+    text = results.read_text()
+    assert "hand-written text" in text and "<!-- cdl_eval.py: begin -->" in text
+    # rendering again replaces the section instead of adding a second one
+    assert cdl_eval.main([*args, "--render-only"]) == 0
+    assert results.read_text().count("cdl_eval.py: begin") == 1

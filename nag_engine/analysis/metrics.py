@@ -53,6 +53,27 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
+def mmd_rbf(x: Tensor, y: Tensor, bandwidth: Optional[float] = None) -> float:
+    """Squared maximum mean discrepancy with the Gaussian kernel exp(-|a - b|^2 / (2 h^2))
+    (unbiased U-statistic, float64; can be slightly negative for equal distributions). The
+    bandwidth h defaults to the median distance between the pooled samples."""
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError("mmd_rbf needs at least two samples on each side")
+    if bandwidth is None:
+        pooled = torch.cat([x, y])
+        bandwidth = float(torch.pdist(pooled).median())
+    gamma = 1.0 / (2.0 * bandwidth**2)
+
+    def mean_kernel(a: Tensor, b: Tensor, same: bool) -> Tensor:
+        k = torch.exp(-gamma * torch.cdist(a, b).square())
+        if same:  # drop the diagonal: the U-statistic
+            return (k.sum() - k.diagonal().sum()) / (len(a) * (len(a) - 1))
+        return k.mean()
+
+    return float(mean_kernel(x, x, True) + mean_kernel(y, y, True) - 2 * mean_kernel(x, y, False))
+
+
 def _sqrtm_psd(matrix: Tensor) -> Tensor:
     values, vectors = torch.linalg.eigh(matrix)
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T

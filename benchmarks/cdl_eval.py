@@ -1,0 +1,205 @@
+"""The contrastive diffusion loss (CDL) evaluation: pairs of models identical except for the CDL
+term, sampled sequentially and in parallel (Picard iterations), on the same seeds.
+
+    python -m benchmarks.cdl_eval                         # the 2-D pair (ring), ~15 min on 2 CPUs
+    python -m benchmarks.cdl_eval --sets ring,digits      # + the digits DiT pair (hours on CPU)
+    python -m benchmarks.cdl_eval --render-only           # tables from cdl_eval.json again
+
+Each pair is trained by nag_engine's trainer (noise prediction on the DDPM "vp" schedule, as in
+the paper; only `cdl_weight` differs) and cached under --runs. Samplers: DDPM 1000 steps, DDIM
+50, Euler 50 and Heun 25 (probability-flow ODE), and parallel DDPM 1000 / DDIM 50 (ParaDiGMS,
+window 1000 / 50, tolerance 0.1). Quality on the 2-D set: energy distance and RBF-kernel MMD^2
+to exact samples and the mean log-likelihood under the exact mixture; on digits: FD-digits and
+class accuracy. Cost: Picard iterations (sequential rounds), model evaluations per sample and
+wall time. Writes its marked section of benchmarks/RESULTS.md and cdl_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+import nag_engine as ne
+from benchmarks.reproduce import markdown_table, replace_section
+from nag_engine.analysis.metrics import energy_distance, mean_log_likelihood, mmd_rbf
+from nag_engine.models import DiT, MLPDenoiser
+from nag_engine.parallel import ParallelSampler
+from nag_engine.training.data import load_dataset, mixture_for
+from nag_engine.training.trainer import TrainConfig, Trainer
+
+HERE = Path(__file__).resolve().parent
+MARKER = "cdl_eval.py"
+SETS = {
+    "ring": dict(
+        data=("ring", {"n": 20000, "seed": 0}),
+        model=lambda: MLPDenoiser(
+            dim=2, hidden=128, depth=3, num_classes=8, prediction="eps", schedule="vp"
+        ),
+        train=dict(steps=3000, batch_size=512, lr=2e-3, warmup_steps=100, ema_decay=0.999, p_c=0.1),
+        n=1000,
+    ),
+    "digits": dict(
+        data=("digits", {}),
+        model=lambda: DiT(
+            input_size=8,
+            patch_size=2,
+            in_channels=1,
+            hidden_size=64,
+            depth=4,
+            num_heads=4,
+            num_classes=10,
+            prediction="eps",
+            schedule="vp",
+        ),
+        train=dict(steps=8000, batch_size=128, lr=1e-3, warmup_steps=500, ema_decay=0.999, p_c=0.1),
+        n=500,
+    ),
+}
+# (name, solver, steps, parallel options or None)
+SAMPLERS = [
+    ("DDPM 1000", "ddpm", 1000, None),
+    ("DDIM 50", "ddim", 50, None),
+    ("Euler 50", "euler", 50, None),
+    ("Heun 25", "heun", 25, None),
+    ("parallel DDPM 1000", "ddpm", 1000, dict(window=1000, tolerance=0.1)),
+    ("parallel DDIM 50", "ddim", 50, dict(window=50, tolerance=0.1)),
+]
+
+
+def trained(name: str, cdl_weight: float, runs: Path, steps: Optional[int]) -> torch.nn.Module:
+    """The cached model of set `name` with this CDL weight, training it if missing."""
+    spec = SETS[name]
+    path = runs / f"{name}-cdl{cdl_weight:g}.safetensors"
+    if path.is_file():
+        return ne.load_checkpoint(path).eval()
+    data = load_dataset(spec["data"][0], **spec["data"][1])
+    train = {**spec["train"], **({"steps": steps} if steps else {})}
+    config = TrainConfig(p_t=0.0, cdl_weight=cdl_weight, **{"p_c": 0.0, **train})
+    trainer = Trainer(spec["model"](), data, config)
+    start = time.perf_counter()
+    trainer.run(progress=True)
+    print(f"trained {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
+    trainer.export(path)
+    return ne.load_checkpoint(path).eval()
+
+
+def quality(name: str, x: torch.Tensor, labels: Optional[torch.Tensor], reference: Any) -> dict:
+    if name == "ring":
+        exact, data_x = reference
+        return {
+            "energy": energy_distance(x, data_x),
+            "mmd": mmd_rbf(x, data_x),
+            "log_p": mean_log_likelihood(exact, x),
+        }
+    from nag_engine.analysis.digit_features import digit_accuracy, fd_digits
+
+    return {"fd_digits": fd_digits(x), "accuracy": digit_accuracy(x, labels)}
+
+
+def evaluate(name: str, model, reference, seed: int) -> list[dict]:
+    spec = SETS[name]
+    n = spec["n"]
+    labels = torch.arange(n) % model.num_classes if getattr(model, "num_classes", None) else None
+    rows = []
+    for label, solver, steps, parallel in SAMPLERS:
+        start = time.perf_counter()
+        if parallel is None:
+            x = ne.sample(model, n, steps, y=labels, solver=solver, seed=seed, progress=False)
+            row = {"iterations": steps, "evals": steps}
+        else:
+            runner = ParallelSampler(model, steps, solver=solver, **parallel)
+            x = runner.sample(n, y=labels, seed=seed, progress=False)
+            stats = runner.stats
+            row = {"iterations": stats.iterations, "evals": stats.model_evals}
+        row.update(sampler=label, seconds=time.perf_counter() - start)
+        row.update(quality(name, x, labels, reference))
+        rows.append(row)
+        print(json.dumps({"set": name, **row}), flush=True)
+    return rows
+
+
+def reference_for(name: str, n: int, seed: int):
+    if name != "ring":
+        return None  # the digit metrics carry their own reference
+    exact = mixture_for(load_dataset(SETS[name]["data"][0], **SETS[name]["data"][1]))
+    gen = torch.Generator().manual_seed(seed + 1)
+    return exact, exact.sample_data(n, generator=gen)[0]
+
+
+def render(payload: dict) -> str:
+    parts = [
+        "## Contrastive diffusion loss (CDL): sequential and parallel sampling",
+        "",
+        f"Written by `python -m benchmarks.cdl_eval` ({payload['command']}) on "
+        f"{payload['machine']}. Pairs of models identical except for the CDL term "
+        f"(`cdl_weight` {payload['cdl_weight']}), trained {payload['train_steps']}; one seed "
+        "for every sampler. `iterations` = sequential rounds of model calls (the step count "
+        "for sequential samplers, Picard iterations for parallel ones); `evals` = model "
+        "evaluations per sample.",
+    ]
+    for name, rows in payload["sets"].items():
+        if name == "ring":
+            columns = ["sampler", "cdl", "energy", "mmd", "log_p", "iterations", "evals", "seconds"]
+            formats = {"energy": ".4f", "mmd": ".2e", "log_p": ".3f", "seconds": ".1f"}
+        else:
+            columns = ["sampler", "cdl", "fd_digits", "accuracy", "iterations", "evals", "seconds"]
+            formats = {"fd_digits": ".2f", "accuracy": ".3f", "seconds": ".1f"}
+        parts += ["", f"**{name}**", "", markdown_table(rows, columns, formats)]
+    return "\n".join(parts)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default="ring")
+    parser.add_argument("--cdl-weight", type=float, default=0.1)
+    parser.add_argument("--train-steps", type=int, default=None, help="override the budget")
+    parser.add_argument("--runs", type=Path, default=Path("runs/cdl_eval"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=HERE / "cdl_eval.json")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.render_only:
+        payload = json.loads(args.json.read_text())
+    else:
+        names = [s for s in args.sets.split(",") if s]
+        unknown = set(names) - set(SETS)
+        if unknown:
+            parser.error(f"unknown sets {sorted(unknown)}: choose from {list(SETS)}")
+        args.runs.mkdir(parents=True, exist_ok=True)
+        sets = {}
+        for name in names:
+            reference = reference_for(name, SETS[name]["n"], args.seed)
+            rows = []
+            for weight in (0.0, args.cdl_weight):
+                model = trained(name, weight, args.runs, args.train_steps)
+                for row in evaluate(name, model, reference, args.seed):
+                    rows.append({"cdl": "yes" if weight else "no", **row})
+            sets[name] = sorted(rows, key=lambda r: [s[0] for s in SAMPLERS].index(r["sampler"]))
+        steps = args.train_steps or {n: SETS[n]["train"]["steps"] for n in names}
+        payload = {
+            "command": " ".join(["python -m benchmarks.cdl_eval", *(argv or [])]).strip(),
+            "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+            "cdl_weight": args.cdl_weight,
+            "train_steps": f"{steps} steps" if isinstance(steps, int) else json.dumps(steps),
+            "sets": sets,
+        }
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(args.json)
+    body = render(payload)
+    text = replace_section(args.results, body, marker=MARKER)
+    tmp = args.results.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.results)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
