@@ -25,6 +25,7 @@ NAG_ENGINE_REQUIRE_EXT=1 pip install --no-build-isolation --no-deps -e . > "$OUT
 } 2>&1 | tee "$OUT/device.txt"
 timeout 1200 python -m pytest -q -x tests/test_kernels.py tests/test_kernels_adaln.py \
   tests/test_graphs.py tests/test_attention.py tests/test_sampler.py tests/test_precision.py \
+  tests/test_parallel.py tests/test_kernels_picard.py \
   2>&1 | tail -40 > "$OUT/tests.txt"
 tail -3 "$OUT/tests.txt"
 timeout 1200 python benchmarks/bench_fused_step_gpu.py --out "$OUT/fused_step_gpu.json" \
