@@ -65,7 +65,8 @@ def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
         "ring-cdl0.safetensors",
     ]
     payload = json.loads((tmp_path / "c.json").read_text())
-    rows = payload["sets"]["ring"]
+    floor, *rows = payload["sets"]["ring"]
+    assert floor["sampler"] == "exact samples (floor)" and floor["energy"] >= 0
     assert [(r["sampler"], r["cdl"]) for r in rows] == [
         ("DDPM 20", "no"),
         ("DDPM 20", "yes"),
