@@ -19,13 +19,11 @@ Reference: `nag_engine.solvers.guided_step`. On CPU tensors the kernel runs unde
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from nag_engine.step_contract import prepare
+from nag_engine.step_contract import StepInputs, contract_step
 
 Tensor = torch.Tensor
 
@@ -82,55 +80,44 @@ def _fused_step_kernel(
     tl.store(xnew_ptr + offs, tl.where(keep != 0.0, x_out, x), mask=mask)
 
 
-def fused_step(
-    out: Tensor,
-    weights: Tensor,
-    coef: Tensor,
-    stage: Tensor,
-    x: Tensor,
-    *,
-    x_new: Optional[Tensor] = None,
-    g_prev: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    g_out: Optional[Tensor] = None,
-    next_input: Optional[Tensor] = None,
-) -> Tensor:
-    """Run the fused step; returns the new state (`x_new`, default: x updated in place).
+def _launch(a: StepInputs, weights: Tensor, coef: Tensor, stage: Tensor, x: Tensor) -> None:
+    """One launch of the kernel on checked inputs (see `contract_step`)."""
+    n = x.numel()
+    if n == 0:
+        return
+    slots = 0 if a.next_input is None else a.next_input.shape[0]
+    dummy = x  # for the pointers of absent inputs (never read)
+    _fused_step_kernel[(triton.cdiv(n, BLOCK),)](
+        a.out,
+        weights,
+        coef,
+        stage,
+        x,
+        a.g_prev if a.g_prev is not None else dummy,
+        a.z if a.z is not None else dummy,
+        a.x_new,
+        a.g_out if a.g_out is not None else dummy,
+        a.next_input if slots else dummy,
+        n,
+        weights.stride(0),
+        coef.stride(0),
+        P=a.passes,
+        PN=slots,
+        HAS_GPREV=a.g_prev is not None,
+        HAS_Z=a.z is not None,
+        WRITE_G=a.g_out is not None,
+        BLOCK=BLOCK,
+    )
+
+
+fused_step = contract_step(
+    _launch,
+    name="fused_step",
+    doc="""Run the fused step; returns the new state (`x_new`, default: x updated in place).
 
     out [P, *shape] (P = 1..4; any float dtype), weights [stages, >= P] fp32, coef [stages, 5]
     fp32 (`COEF_COLUMNS`), stage a 0-d integer tensor on the device, x [*shape] fp32. g_prev,
     z, g_out, x_new: [*shape] (fp32; z any float); next_input [P', *shape] (P' >= 0). x must be
     dense (contiguous or channels-last); the outputs (x_new, g_out, each slice of next_input)
-    must share its strides; inputs in other layouts (out, g_prev, z) are copied into it."""
-    args = prepare(
-        out, weights, coef, x, x_new=x_new, g_prev=g_prev, z=z, g_out=g_out, next_input=next_input
-    )
-    out, x_new, g_prev, z, g_out, next_input = args
-    slots = 0 if next_input is None else next_input.shape[0]
-    n = x.numel()
-    if n == 0:
-        return x_new
-    dummy = x
-    grid = (triton.cdiv(n, BLOCK),)
-    _fused_step_kernel[grid](
-        out,
-        weights,
-        coef,
-        stage,
-        x,
-        g_prev if g_prev is not None else dummy,
-        z if z is not None else dummy,
-        x_new,
-        g_out if g_out is not None else dummy,
-        next_input if slots else dummy,
-        n,
-        weights.stride(0),
-        coef.stride(0),
-        P=args.passes,
-        PN=slots,
-        HAS_GPREV=g_prev is not None,
-        HAS_Z=z is not None,
-        WRITE_G=g_out is not None,
-        BLOCK=BLOCK,
-    )
-    return x_new
+    must share its strides; inputs in other layouts (out, g_prev, z) are copied into it.""",
+)

@@ -9,12 +9,11 @@ wrappers raise RuntimeError.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Optional
 
 import torch
 
-from .step_contract import prepare
+from .step_contract import Launch, StepInputs, contract_step
 
 Tensor = torch.Tensor
 
@@ -42,61 +41,38 @@ def status() -> dict[str, Optional[str]]:
     return {"cpp": None, "cuda": cuda}
 
 
-def _native_step(name: str, device_type: str, doc: str) -> Callable[..., Tensor]:
-    """The backend-contract wrapper of `_C.fused_step_<cpu|cuda>` for backend `name`."""
+def _launcher(name: str, device_type: str) -> Launch:
+    """Launches `_C.fused_step_<cpu|cuda>` for backend `name` on checked inputs."""
 
-    def fused_step(
-        out: Tensor,
-        weights: Tensor,
-        coef: Tensor,
-        stage: Tensor,
-        x: Tensor,
-        *,
-        x_new: Optional[Tensor] = None,
-        g_prev: Optional[Tensor] = None,
-        z: Optional[Tensor] = None,
-        g_out: Optional[Tensor] = None,
-        next_input: Optional[Tensor] = None,
-    ) -> Tensor:
-        why = status()[name]
-        if why is not None:
-            raise RuntimeError(why)
+    def launch(a: StepInputs, weights: Tensor, coef: Tensor, stage: Tensor, x: Tensor) -> None:
+        if _C is None:
+            raise RuntimeError(_IMPORT_ERROR)
         if x.device.type != device_type:
             raise ValueError(
                 f"backend {name!r} needs {device_type.upper()} tensors, got {x.device}"
             )
-        a = prepare(
-            out,
-            weights,
-            coef,
-            x,
-            x_new=x_new,
-            g_prev=g_prev,
-            z=z,
-            g_out=g_out,
-            next_input=next_input,
-            z_dtype=torch.float32,
-        )
-        kernel = getattr(_C, f"fused_step_{device_type}")
-        stream = (torch.cuda.current_stream(x.device).cuda_stream,) if device_type == "cuda" else ()
-        kernel(
-            a.out, weights, coef, stage, x, a.x_new, a.g_prev, a.z, a.g_out, a.next_input, *stream
-        )
-        return a.x_new
+        args = (a.out, weights, coef, stage, x, a.x_new, a.g_prev, a.z, a.g_out, a.next_input)
+        if device_type == "cpu":
+            _C.fused_step_cpu(*args)
+            return
+        if not _C.with_cuda:
+            raise RuntimeError(status()["cuda"])
+        with torch.cuda.device(x.device):  # launch on x's device, on its current stream
+            _C.fused_step_cuda(*args, torch.cuda.current_stream(x.device).cuda_stream)
 
-    fused_step.__name__ = fused_step.__qualname__ = f"fused_step_{name}"
-    fused_step.__doc__ = doc
-    return fused_step
+    return launch
 
 
-fused_step_cpp = _native_step(
-    "cpp",
-    "cpu",
-    "The fused step in C++ on CPU tensors (OpenMP over blocks); returns the new state.",
+fused_step_cpp = contract_step(
+    _launcher("cpp", "cpu"),
+    name="fused_step_cpp",
+    doc="The fused step in C++ on CPU tensors (OpenMP over blocks); returns the new state.",
+    z_dtype=torch.float32,
 )
-fused_step_cuda = _native_step(
-    "cuda",
-    "cuda",
-    "The fused step in CUDA (128-bit loads, fp32 math) on the current stream, so it can be "
-    "captured in a CUDA graph; returns the new state.",
+fused_step_cuda = contract_step(
+    _launcher("cuda", "cuda"),
+    name="fused_step_cuda",
+    doc="The fused step in CUDA (128-bit loads, fp32 math) on x's device and its current "
+    "stream, so it can be captured in a CUDA graph; returns the new state.",
+    z_dtype=torch.float32,
 )

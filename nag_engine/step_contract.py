@@ -1,6 +1,8 @@
 """Input checks shared by every fused-step kernel (DESIGN.md §4): the Triton, C++ and CUDA
 wrappers call `prepare` so they accept and refuse the same things.
 
+`contract_step` wraps a kernel launch into a function with the contract's signature.
+
 The kernels treat every array as n elements in the state's memory order, so the state x must
 be dense (contiguous or channels-last), the outputs (x_new, g_out, each slot of next_input) must
 share its strides, and read-only inputs in another layout (out, g_prev, z) are copied into it.
@@ -8,6 +10,7 @@ share its strides, and read-only inputs in another layout (out, g_prev, z) are c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Optional
 
 import torch
@@ -104,3 +107,46 @@ def prepare(
     if next_input is not None and next_input.shape[0] > 1 and next_input.stride(0) != n:
         raise ValueError("the pass slots of next_input must follow each other in memory")
     return StepInputs(out, x_new, g_prev, z, g_out, next_input)
+
+
+Launch = Callable[[StepInputs, Tensor, Tensor, Tensor, Tensor], None]
+
+
+def contract_step(
+    launch: Launch, *, name: str, doc: str, z_dtype: Optional[torch.dtype] = None
+) -> Callable[..., Tensor]:
+    """A fused-step function with the backend contract's signature (see
+    `nag_engine.backends`): it checks and lays out the inputs with `prepare`, then calls
+    ``launch(inputs, weights, coef, stage, x)``, and returns the new state."""
+
+    def fused_step(
+        out: Tensor,
+        weights: Tensor,
+        coef: Tensor,
+        stage: Tensor,
+        x: Tensor,
+        *,
+        x_new: Optional[Tensor] = None,
+        g_prev: Optional[Tensor] = None,
+        z: Optional[Tensor] = None,
+        g_out: Optional[Tensor] = None,
+        next_input: Optional[Tensor] = None,
+    ) -> Tensor:
+        inputs = prepare(
+            out,
+            weights,
+            coef,
+            x,
+            x_new=x_new,
+            g_prev=g_prev,
+            z=z,
+            g_out=g_out,
+            next_input=next_input,
+            z_dtype=z_dtype,
+        )
+        launch(inputs, weights, coef, stage, x)
+        return inputs.x_new
+
+    fused_step.__name__ = fused_step.__qualname__ = name
+    fused_step.__doc__ = doc
+    return fused_step
