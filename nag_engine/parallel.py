@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import backends
 from .noise import CounterNoise
-from .sampler import Sampler, _check_positive_int
+from .sampler import Sampler, _check_latents, _check_positive_int
 
 Tensor = torch.Tensor
 
@@ -88,10 +88,8 @@ class ParallelSampler:
             for p, value in zip(passes, w):
                 weights[j, self.passes.index(p)] = value
         self._weights = weights.to(dev, torch.float32)
-        as_column = dict(dtype=torch.float64)
-        self._a = torch.tensor(stages.a, **as_column).to(dev, torch.float32)
-        self._b = torch.tensor(stages.b, **as_column).to(dev, torch.float32)
-        self._c = torch.tensor(stages.c, **as_column).to(dev, torch.float32)
+        columns = stages.tensors(dev)
+        self._a, self._b, self._c = columns["a"], columns["b"], columns["c"]
         self._variance = step_variances(self.sampler).to(dev, torch.float32)
         self.picard_backend = backends.picard_backend(self.sampler.backend)
         self._picard = backends.picard_implementation(self.picard_backend)
@@ -112,8 +110,7 @@ class ParallelSampler:
         sampler = self.sampler
         n = _check_positive_int("n", n)
         batch_size = n if batch_size is None else _check_positive_int("batch_size", batch_size)
-        if latents is not None and (not isinstance(latents, Tensor) or len(latents) != n):
-            raise ValueError(f"latents must be a tensor [n={n}, ...]")
+        _check_latents(latents, n)
         shape = sampler._resolve_shape(latents)
         labels = sampler._check_labels(y, n)
         noise = CounterNoise(seed, shape, sampler.device)

@@ -393,9 +393,7 @@ class Sampler:
             if batch_size is None
             else _check_positive_int("batch_size", batch_size)
         )
-        if latents is not None:
-            if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
-                raise ValueError(f"latents must be a tensor [n={n}, ...], got {_describe(latents)}")
+        _check_latents(latents, n)
         indices = range(n) if indices is None else indices
         if indices.step != 1 or (len(indices) and (indices.start < 0 or indices.stop > n)):
             raise ValueError(f"indices must be a contiguous sub-range of range({n}), got {indices}")
@@ -636,6 +634,13 @@ def _check_output(out: Any, x_in: Tensor) -> None:
         raise ValueError(
             f"model output has shape {got}, expected {tuple(x_in.shape)} (the shape of its input x)"
         )
+
+
+def _check_latents(latents: Any, n: int) -> None:
+    """latents, when given, must be a tensor [n, ...] (a batch of initial states)."""
+    if latents is not None:
+        if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
+            raise ValueError(f"latents must be a tensor [n={n}, ...], got {_describe(latents)}")
 
 
 def _describe(value: Any) -> str:
