@@ -109,10 +109,6 @@ def evaluate(name: str, model, reference, seed: int) -> list[dict]:
     n = spec["n"]
     labels = torch.arange(n) % model.num_classes if getattr(model, "num_classes", None) else None
     rows = []
-    if name == "ring":  # the floor: a second exact sample set of the same size
-        exact, _ = reference
-        floor = exact.sample_data(n, generator=torch.Generator().manual_seed(seed + 2))[0]
-        rows.append({"sampler": "exact samples (floor)", **quality(name, floor, None, reference)})
     for label, solver, steps, parallel in SAMPLERS:
         start = time.perf_counter()
         if parallel is None:
@@ -129,6 +125,18 @@ def evaluate(name: str, model, reference, seed: int) -> list[dict]:
         rows.append(row)
         print(json.dumps({"set": name, **row}), flush=True)
     return rows
+
+
+def floor_row(name: str, reference: Any, seed: int) -> list[dict]:
+    """The 2-D metrics of a second exact sample set of the same size (the best a sampler can
+    do at this n); none for digits."""
+    if name != "ring":
+        return []
+    exact, _ = reference
+    floor = exact.sample_data(SETS[name]["n"], generator=torch.Generator().manual_seed(seed + 2))[0]
+    return [
+        {"cdl": "—", "sampler": "exact samples (floor)", **quality(name, floor, None, reference)}
+    ]
 
 
 def reference_for(name: str, n: int, seed: int):
@@ -191,10 +199,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 model = trained(name, weight, args.runs, args.train_steps)
                 for row in evaluate(name, model, reference, args.seed):
                     rows.append({"cdl": "yes" if weight else "no", **row})
-            order = ["exact samples (floor)"] + [s[0] for s in SAMPLERS]
-            unique = {r["sampler"] + r["cdl"]: r for r in rows if r["sampler"] != order[0]}
-            floor = [dict(r, cdl="—") for r in rows if r["sampler"] == order[0]][:1]
-            sets[name] = floor + sorted(unique.values(), key=lambda r: order.index(r["sampler"]))
+            order = [s[0] for s in SAMPLERS]  # each sampler's pair side by side (stable sort)
+            rows.sort(key=lambda r: order.index(r["sampler"]))
+            sets[name] = floor_row(name, reference, args.seed) + rows
         steps = args.train_steps or ", ".join(f"{SETS[n]['train']['steps']} ({n})" for n in names)
         payload = {
             "command": " ".join(["python -m benchmarks.cdl_eval", *(argv or [])]).strip(),
