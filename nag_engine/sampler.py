@@ -241,7 +241,7 @@ class Sampler:
         self._coef_table, self._weight_table = backends.step_tables(columns, self.plan)
         self._stage_ids = torch.arange(len(self.stages), device=self.device, dtype=torch.int32)
         self._step_ids = torch.arange(self.steps, device=self.device)
-        self._keep_table = torch.tensor(self.stages.keep, dtype=torch.bool, device=self.device)
+        self._keep_table = columns["keep"]
         self._step_of_stage = torch.tensor(self.stages.step, dtype=torch.long, device=self.device)
         self._buffers: dict[tuple, dict[str, Any]] = {}
         self.cuda_graphs = graphs.check_mode(cuda_graphs)
@@ -495,7 +495,7 @@ class Sampler:
         stage, first_bad, noise, index = (bufs[k] for k in ("stage", "first_bad", "noise", "index"))
         p, rows, slots = len(passes), len(passes) * batch, self.plan.max_passes
         drop_t, drop_y = bufs["flags"][passes]
-        noisy = any(c != 0.0 for c in self.stages.c)
+        noisy = self.stages.stochastic
         at = stage.view(1)
 
         def body() -> None:
