@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import backends
 from .noise import CounterNoise
-from .sampler import Sampler, _check_latents, _check_positive_int
+from .sampler import Sampler, _check_latents, _check_output, _check_positive_int
 
 Tensor = torch.Tensor
 
@@ -137,14 +137,13 @@ class ParallelSampler:
         z = None
         if sampler.stages.stochastic:  # stream j + 1 for step j, as in the sequential sampler
             z = torch.stack([noise.normal(index, j + 1) for j in range(steps)])
-        drop_t = torch.tensor([p.drop_t for p in self.passes], device=dev)
-        drop_y = torch.tensor([p.drop_y for p in self.passes], device=dev)
+        flags = sampler._drop_flags(tuple(self.passes), stop - start, labels is not None)
         thresholds = self.tolerance**2 * self._variance
         begin, iterations, evals = 0, 0, 0
         while begin < steps:
             end = min(begin + window, steps)
             length = end - begin
-            out = self._model_outputs(traj[begin:end], begin, end, labels, drop_t, drop_y)
+            out = self._model_outputs(traj[begin:end], begin, end, labels, flags)
             change = self._picard(  # traj[begin + 1 : end + 1] updated in place
                 out,
                 self._weights[begin:end],
@@ -168,9 +167,9 @@ class ParallelSampler:
         self.stats.per_batch_iterations.append(iterations)
         return traj[steps].clone()
 
-    def _model_outputs(self, xs, begin, end, labels, drop_t, drop_y) -> Tensor:
+    def _model_outputs(self, xs, begin, end, labels, flags) -> Tensor:
         """The model outputs [L, P, B, ...] at the window points xs [L, B, ...]: all passes of
-        all points in one forward."""
+        all points in one forward (`flags`: the sampler's drop-flag rows of one point)."""
         sampler = self.sampler
         length, batch = xs.shape[0], xs.shape[1]
         passes = len(self.passes)
@@ -180,20 +179,11 @@ class ParallelSampler:
         y_in = None
         if labels is not None:
             y_in = labels.view(1, 1, batch).expand(length, passes, batch).reshape(rows)
-        flags = [
-            f.view(1, passes, 1).expand(length, passes, batch).reshape(rows)
-            for f in (drop_t, drop_y)
-        ]
+        drop_t, drop_y = (None if f is None else f.repeat(length) for f in flags)
+        x_in = x_in.to(sampler.dtype)
         with sampler._autocast():
-            out = sampler._forward(
-                x_in.to(sampler.dtype),
-                t_in.reshape(rows),
-                y_in,
-                drop_t=flags[0] if any(p.drop_t for p in self.passes) else None,
-                drop_y=flags[1]
-                if labels is not None and any(p.drop_y for p in self.passes)
-                else None,
-            )
+            out = sampler._forward(x_in, t_in.reshape(rows), y_in, drop_t=drop_t, drop_y=drop_y)
+        _check_output(out, x_in)
         return out.view(length, passes, *xs.shape[1:])
 
 
