@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .images import atomic_write_bytes, density_image, encode_png, side_by_side
+from .images import atomic_write_bytes, atomic_write_npz, density_image, encode_png, side_by_side
 from .sampler import Sampler
 from .solvers import SOLVERS
 
@@ -140,12 +139,10 @@ def run_sample(args: argparse.Namespace) -> int:
         args.n, y=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
     )
     seconds = time.perf_counter() - start
-    buffer = io.BytesIO()
     arrays = {"samples": x.numpy()}
     if labels is not None:
         arrays["labels"] = labels.numpy()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(args.out, buffer.getvalue())
+    atomic_write_npz(args.out, **arrays)
     print(
         f"nag_engine {__version__}: {args.n} samples of {args.model} in {args.steps} "
         f"{args.solver} steps, cfg_scale={args.cfg_scale}, nag_scale={args.nag_scale}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
@@ -58,6 +59,13 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_npz(path: Union[str, Path], **arrays: np.ndarray) -> None:
+    """Write arrays as an .npz file atomically (see `atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def density_image(points: torch.Tensor, bounds: tuple[float, float], size: int = 256) -> np.ndarray:

@@ -17,7 +17,6 @@ without duplicates or gaps. A different run into the same folder is refused.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .images import atomic_write_bytes, encode_png
+from .images import atomic_write_bytes, atomic_write_npz, encode_png
 from .sampler import Sampler
 
 FORMATS = ("npz", "png")
@@ -80,9 +79,7 @@ def _write_shard(path: Path, fmt: str, start: int, samples: torch.Tensor, labels
         labels.cpu().numpy().astype(np.int64) if labels is not None else np.full(len(index), -1)
     )
     if fmt == "npz":
-        buffer = io.BytesIO()
-        np.savez(buffer, samples=samples.cpu().numpy(), index=index, labels=label_array)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_npz(path, samples=samples.cpu().numpy(), index=index, labels=label_array)
         return
     images = _to_uint8_images(samples)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
