@@ -27,7 +27,6 @@ from nag_engine.step_contract import StepInputs, contract_step
 
 Tensor = torch.Tensor
 
-COEF_COLUMNS = ("a", "b", "b2", "c", "keep")  # the coefficient table's columns, in order
 BLOCK = 1024
 
 
@@ -116,8 +115,9 @@ fused_step = contract_step(
     doc="""Run the fused step; returns the new state (`x_new`, default: x updated in place).
 
     out [P, *shape] (P = 1..4; any float dtype), weights [stages, >= P] fp32, coef [stages, 5]
-    fp32 (`COEF_COLUMNS`), stage a 0-d integer tensor on the device, x [*shape] fp32. g_prev,
-    z, g_out, x_new: [*shape] (fp32; z any float); next_input [P', *shape] (P' >= 0). x must be
-    dense (contiguous or channels-last); the outputs (x_new, g_out, each slice of next_input)
-    must share its strides; inputs in other layouts (out, g_prev, z) are copied into it.""",
+    fp32 (`nag_engine.backends.COEF_COLUMNS`), stage a 0-d integer tensor on the device, x
+    [*shape] fp32. g_prev, z, g_out, x_new: [*shape] (fp32; z any float); next_input
+    [P', *shape] (P' >= 0). x must be dense (contiguous or channels-last); the outputs (x_new,
+    g_out, each slice of next_input) must share its strides; inputs in other layouts (out,
+    g_prev, z) are copied into it.""",
 )
