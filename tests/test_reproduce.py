@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.reproduce import BEGIN, END, main, replace_section
+from nag_engine.checkpoints import read_checkpoint
 
 
 def test_replace_section_keeps_the_rest_of_the_file(tmp_path):
@@ -38,7 +39,10 @@ def test_tiny_run_writes_tables_figure_and_data(tmp_path, capsys):
 def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
     from benchmarks import cdl_eval
 
-    monkeypatch.setitem(cdl_eval.SETS["ring"], "n", 64)
+    # the ring set at test size: 64 samples, batches of 64 (CDL steps cost ~12 plain ones)
+    ring_set = {**cdl_eval.SETS["ring"], "n": 64}
+    ring_set["train"] = {**ring_set["train"], "batch_size": 64}
+    monkeypatch.setitem(cdl_eval.SETS, "ring", ring_set)
     monkeypatch.setattr(
         cdl_eval,
         "SAMPLERS",
@@ -65,7 +69,9 @@ def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
         "ring-cdl0.safetensors",
     ]
     payload = json.loads((tmp_path / "c.json").read_text())
-    floor, *rows = payload["sets"]["ring"]
+    ring = payload["sets"]["ring"]
+    assert ring["n"] == 64 and ring["training"] == "20 steps from scratch"
+    floor, *rows = ring["rows"]
     assert floor["sampler"] == "exact samples (floor)" and floor["energy"] >= 0
     assert [(r["sampler"], r["cdl"]) for r in rows] == [
         ("DDPM 20", "no"),
@@ -80,3 +86,25 @@ def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
     # rendering again replaces the section instead of adding a second one
     assert cdl_eval.main([*args, "--render-only"]) == 0
     assert results.read_text().count("cdl_eval.py: begin") == 1
+
+    # a set with a fine-tuning budget: one shared base without CDL, then the pair from it;
+    # the ring rows of the first run stay in the table
+    tuned = {**ring_set, "finetune": dict(steps=3, batch_size=64, seed=1)}
+    monkeypatch.setitem(cdl_eval.SETS, "tuned", tuned)
+    assert cdl_eval.main([*args, "--sets", "tuned", "--finetune-steps", "2"]) == 0
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert [n for n in names if n.startswith("tuned")] == [
+        "tuned-base.safetensors",
+        "tuned-cdl0.1.safetensors",
+        "tuned-cdl0.safetensors",
+    ]
+    config = read_checkpoint(tmp_path / "runs" / "tuned-cdl0.1.safetensors")[0]
+    assert config["finetuned_from"].endswith("tuned-base.safetensors")
+    assert config["cdl_weight"] == 0.1 and config["step"] == 2
+    second = json.loads((tmp_path / "c.json").read_text())
+    assert second["sets"]["ring"] == ring
+    assert second["sets"]["tuned"]["training"] == (
+        "a shared base of 20 steps without CDL, then 2 fine-tuning steps each"
+    )
+    text = results.read_text()
+    assert "**ring**" in text and "**tuned**" in text
