@@ -8,6 +8,10 @@
    3 n s (outputs) + 4 n (x) + 4 n (new x) + 4 n (g) + 3 n s (next input), s = model dtype size.
 2. The DiT's LayerNorm + adaLN modulation (`nag_engine.kernels.adaln.layernorm_modulate`)
    against PyTorch's `F.layer_norm` followed by the modulation, on DiT-S/B/XL token shapes.
+3. The parallel sampler's fused Picard update (`nag_engine.kernels.picard`: guidance, drift,
+   cumulative sum over the window, per-step error) against its torch reference, on 32x32x4
+   latents with 3 passes and stochastic steps. Bytes per call: L P B D s (outputs) +
+   (L + 1) B D 4 (window read) + L B D 4 (window written) + L B D 4 (noise).
 
     python benchmarks/bench_fused_step_gpu.py --out results.json   # needs CUDA
 
@@ -38,6 +42,13 @@ ADALN_SHAPES = [
     ("DiT-XL/2 b64", 192, 256, 1152),
     ("DiT-XL/2 b256", 768, 256, 1152),
 ]
+# (name, window, batch) of the Picard update, on latents of LATENT_DIM elements
+PICARD_SHAPES = [
+    ("window 50, b16", 50, 16),
+    ("window 100, b64", 100, 64),
+    ("window 1000, b16", 1000, 16),
+]
+LATENT_DIM = 4 * 32 * 32
 
 
 def timed(fn, reps: int, device: torch.device) -> float:
@@ -94,10 +105,8 @@ def measure_step(state_bytes: int, dtype: torch.dtype, device: torch.device, rep
         "torch_chain_us": t_torch * 1e6,
     }
     for name in FUSED:
-        try:
-            backends.select(device, name)
-        except ValueError:
-            continue  # cannot run here
+        if not _runs(device, name):
+            continue
         t = timed(step(name), reps, device)
         row[f"{name}_us"] = t * 1e6
         row[f"{name}_fraction_of_copy"] = moved / t / copy_bw
@@ -128,6 +137,50 @@ def measure_adaln(
     }
 
 
+def measure_picard(
+    name: str,
+    window: int,
+    batch: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    reps: int,
+) -> dict:
+    """The fused Picard update of one window against its torch reference (Triton where it
+    runs here; the reference alone otherwise)."""
+    out = torch.randn(window, PASSES, batch, dim, device=device).to(dtype)
+    weights = torch.tensor([[2.5, -1.0, -0.5]], device=device).expand(window, PASSES)
+    a = torch.full((window,), 0.999, device=device)
+    b, c = torch.full_like(a, -0.01), torch.full_like(a, 0.05)
+    xs = torch.randn(window + 1, batch, dim, device=device)
+    z = torch.randn(window, batch, dim, device=device)
+    moved = window * PASSES * batch * dim * out.element_size() + (3 * window + 1) * batch * dim * 4
+
+    def update(backend: str):
+        fn = backends.picard_implementation(backend)
+        return lambda: fn(out, weights, a, b, c, xs, z)
+
+    t_torch = timed(update("reference"), reps, device)
+    row = {
+        "shape": name,
+        "dtype": str(dtype).replace("torch.", ""),
+        "bytes_moved": moved,
+        "torch_us": t_torch * 1e6,
+    }
+    if _runs(device, "triton"):
+        t = timed(update("triton"), reps, device)
+        row.update(triton_us=t * 1e6, speedup_vs_torch=t_torch / t, triton_GBps=moved / t / 1e9)
+    return row
+
+
+def _runs(device: torch.device, name: str) -> bool:
+    try:
+        backends.select(device, name)
+    except ValueError:
+        return False
+    return True
+
+
 def _size(num_bytes: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if num_bytes >= scale:
@@ -135,7 +188,9 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes} B"
 
 
-def markdown(device_name: str, steps: list[dict], adaln: list[dict]) -> str:
+def markdown(
+    device_name: str, steps: list[dict], adaln: list[dict], picard: list[dict] = ()
+) -> str:
     lines = [
         f"Device: {device_name}",
         "",
@@ -171,6 +226,21 @@ def markdown(device_name: str, steps: list[dict], adaln: list[dict]) -> str:
             f"| {r['shape']} | {r['dtype']} | {r['torch_us']:.1f} | {r['fused_us']:.1f} "
             f"| {r['speedup_vs_torch']:.2f}× | {r['fused_GBps']:.0f} |"
         )
+    if picard:
+        lines += [
+            "",
+            "| Picard update | dtype | torch µs | triton µs | speed-up | triton GB/s |",
+            "|---|---|---|---|---|---|",
+        ]
+    for r in picard:
+        fused = (
+            [f"{r['triton_us']:.1f}", f"{r['speedup_vs_torch']:.2f}×", f"{r['triton_GBps']:.0f}"]
+            if "triton_us" in r
+            else ["—"] * 3
+        )
+        lines.append(
+            f"| {r['shape']} | {r['dtype']} | {r['torch_us']:.1f} | " + " | ".join(fused) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -182,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--device", default="cuda", help="cuda (the point); cpu only to smoke-test")
     parser.add_argument("--no-adaln", action="store_true", help="skip the LayerNorm benchmark")
+    parser.add_argument("--no-picard", action="store_true", help="skip the Picard benchmark")
+    parser.add_argument(
+        "--picard-dim", type=int, default=LATENT_DIM, help="elements per latent (Picard)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -190,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     while size <= args.max_bytes:
         sizes.append(size)
         size *= 4
-    steps, adaln = [], []
+    steps, adaln, picard = [], [], []
     for dtype in (torch.bfloat16, torch.float32):
         for state_bytes in sizes:
             steps.append(measure_step(state_bytes, dtype, device, args.reps))
@@ -202,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, *shape in ADALN_SHAPES:
                 adaln.append(measure_adaln(name, tuple(shape), dtype, device, args.reps))
                 print(json.dumps(adaln[-1]), flush=True)
+    if not args.no_picard:
+        for dtype in (torch.bfloat16, torch.float32):
+            for name, window, batch in PICARD_SHAPES:
+                shape = (window, batch, args.picard_dim)
+                picard.append(measure_picard(name, *shape, dtype, device, args.reps))
+                print(json.dumps(picard[-1]), flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke test)"
     payload = {
         "device": name,
@@ -209,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         "available": backends.available(),
         "fused_step": steps,
         "layernorm_modulate": adaln,
+        "picard_update": picard,
     }
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(args.out)
-    print(markdown(name, steps, adaln))
+    print(markdown(name, steps, adaln, picard))
     return 0
 
 

@@ -15,7 +15,7 @@ from nag_engine import backends
 def test_fused_step_benchmark_writes_its_table(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--min-bytes", "4096", "--max-bytes", "4096", "--reps", "2"]
-    assert bench.main([*args, "--no-adaln", "--out", str(out)]) == 0
+    assert bench.main([*args, "--no-adaln", "--no-picard", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
     assert payload["available"] == backends.available()
     assert [r["dtype"] for r in payload["fused_step"]] == ["bfloat16", "float32"]
@@ -25,6 +25,22 @@ def test_fused_step_benchmark_writes_its_table(tmp_path, capsys):
     assert runs_here == [k for k in bench.FUSED if _runs_on_cpu(k)]
     table = capsys.readouterr().out
     assert "| 4 KiB | bfloat16 |" in table and "Device: cpu (smoke test)" in table
+
+
+def test_fused_step_benchmark_times_the_picard_update(tmp_path, capsys, monkeypatch):
+    # test-size windows: the Triton kernel runs in the interpreter here
+    monkeypatch.setattr(bench, "PICARD_SHAPES", [("window 5, b2", 5, 2), ("window 3, b1", 3, 1)])
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--min-bytes", "4096", "--max-bytes", "4096", "--reps", "1"]
+    assert bench.main([*args, "--no-adaln", "--picard-dim", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["picard_update"]
+    assert [(r["shape"], r["dtype"]) for r in rows] == [
+        (name, dtype) for dtype in ("bfloat16", "float32") for name, *_ in bench.PICARD_SHAPES
+    ]
+    window, batch = bench.PICARD_SHAPES[0][1:]
+    assert rows[0]["bytes_moved"] == window * 3 * batch * 4 * 2 + (3 * window + 1) * batch * 4 * 4
+    assert all(("triton_us" in r) == _runs_on_cpu("triton") for r in rows)
+    assert "| Picard update | dtype |" in capsys.readouterr().out
 
 
 def _runs_on_cpu(name: str) -> bool:
