@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one command on a CUDA machine (e.g. through the device tool:
-# run "bash benchmarks/gpu_checks.sh" with carry [".whl"], where .whl/ holds wheels of the
-# pure-Python dependencies for a machine without network). Writes to ${OUT:-out/gpu}:
+# Every check that needs a GPU, on a CUDA machine (e.g. through the device tool: run
+# "bash benchmarks/gpu_checks.sh PART" with carry [".whl"], where .whl/ holds wheels of the
+# pure-Python dependencies for a machine without network). PART is all (default), or one of
+# tests, kernels, sampling-S, sampling-B, sampling-XL (one DiT size each) or sampling (all
+# three), so that each fits a 10-minute call; every part installs the
+# project first unless nag_engine._C with CUDA already imports. Writes to ${OUT:-out/gpu}:
 #   device.txt        the GPU, torch, and which fused-step backends run
 #   install.log       building nag_engine._C with its CUDA part
 #   tests.txt         the kernel, graph, attention and sampler tests on CUDA tensors
-#   fused_step_gpu.*  bandwidth of the fused step (triton, cuda) vs a copy, LayerNorm+adaLN
-#   sampling.*        the sampling loops (a)-(d) on DiT-S/B/XL
+#   fused_step_gpu.*  the fused step (triton, cuda) vs a copy, LayerNorm+adaLN, Picard update
+#   sampling*.*       the sampling loops (a)-(d) on DiT-S/B/XL (sampling-S.* for one size)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
+PART=${1:-all}
+case "$PART" in
+  all|tests|kernels|sampling) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
+  sampling-S|sampling-B|sampling-XL) models="DiT-${PART#sampling-}/2"; name=$PART ;;
+  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL"
+     exit 2 ;;
+esac
 mkdir -p "$OUT"
+if ! python -c "import nag_engine._C as c, sys; sys.exit(not hasattr(c, 'fused_step_cuda'))" 2>/dev/null; then
 if [ -d .whl ]; then
   pip install -q --no-index --find-links .whl tqdm safetensors scikit-learn hypothesis \
     pytest-benchmark > "$OUT/deps.log" 2>&1 || echo "some wheels did not install (see deps.log)"
@@ -18,19 +29,27 @@ fi
 NAG_ENGINE_REQUIRE_EXT=1 pip install --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 \
   || { echo "CUDA build failed (install.log); installing without requiring it"; \
        pip install --no-build-isolation --no-deps -e . >> "$OUT/install.log" 2>&1; }
+fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   python -c "from nag_engine import backends; print(backends.available())"
 } 2>&1 | tee "$OUT/device.txt"
-timeout 1200 python -m pytest -q -x tests/test_kernels.py tests/test_kernels_adaln.py \
+if [ "$PART" = all ] || [ "$PART" = tests ]; then
+timeout 540 python -m pytest -q -x tests/test_kernels.py tests/test_kernels_adaln.py \
   tests/test_graphs.py tests/test_attention.py tests/test_sampler.py tests/test_precision.py \
   tests/test_parallel.py tests/test_kernels_picard.py \
   2>&1 | tail -40 > "$OUT/tests.txt"
 tail -3 "$OUT/tests.txt"
-timeout 1200 python benchmarks/bench_fused_step_gpu.py --out "$OUT/fused_step_gpu.json" \
+fi
+if [ "$PART" = all ] || [ "$PART" = kernels ]; then
+timeout 540 python benchmarks/bench_fused_step_gpu.py --out "$OUT/fused_step_gpu.json" \
   > "$OUT/fused_step_gpu.md" 2>&1
 tail -30 "$OUT/fused_step_gpu.md"
+fi
+if [ "$PART" = all ] || [ "${PART%%-*}" = sampling ]; then
 extra=$(python -c "import diffusers" 2>/dev/null && echo --diffusers || true)
-timeout 1800 python -m benchmarks.sampling $extra --out "$OUT/sampling.json" > "$OUT/sampling.md" 2>&1
-tail -30 "$OUT/sampling.md"
+timeout 1800 python -m benchmarks.sampling --models "$models" $extra --out "$OUT/$name.json" \
+  > "$OUT/$name.md" 2>&1
+tail -30 "$OUT/$name.md"
+fi
