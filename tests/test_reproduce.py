@@ -86,6 +86,9 @@ def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
     # rendering again replaces the section instead of adding a second one
     assert cdl_eval.main([*args, "--render-only"]) == 0
     assert results.read_text().count("cdl_eval.py: begin") == 1
+    # recomputing the floors alone gives the same floor and keeps the model rows
+    assert cdl_eval.main([*args, "--floors-only"]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["sets"]["ring"] == ring
 
     # a set with a fine-tuning budget: one shared base without CDL, then the pair from it;
     # the ring rows of the first run stay in the table
@@ -108,3 +111,15 @@ def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
     )
     text = results.read_text()
     assert "**ring**" in text and "**tuned**" in text
+
+
+def test_cdl_eval_digits_floor_is_the_spread_of_class_balanced_real_subsets(monkeypatch):
+    from benchmarks import cdl_eval
+
+    monkeypatch.setitem(cdl_eval.SETS, "digits", {**cdl_eval.SETS["digits"], "n": 30})
+    monkeypatch.setattr(cdl_eval, "FLOOR_SUBSETS", 3)
+    (row,) = cdl_eval.floor_row("digits", None, seed=0)
+    assert row["cdl"] == "—" and "3 class-balanced subsets" in row["sampler"]
+    assert row["fd_digits"] > 0 and row["fd_sd"] > 0  # three different subsets
+    assert 0.8 <= row["accuracy"] <= 1.0  # real digits, read by the trained classifier
+    assert cdl_eval.floor_row("digits", None, seed=0) == [row]  # seeded
