@@ -97,14 +97,13 @@ def trained(
     if path.is_file():
         return ne.load_checkpoint(path).eval()
     data = load_dataset(spec["data"][0], **spec["data"][1])
-    train = {**spec["train"], **({"steps": steps} if steps else {})}
-    if "finetune" not in spec:
+    train, tune = budgets(name, steps, finetune_steps)
+    if tune is None:
         config = TrainConfig(p_t=0.0, cdl_weight=cdl_weight, **train)
         return _fit(Trainer(spec["model"](), data, config), path)
     base = runs / f"{name}-base.safetensors"
     if not base.is_file():
         _fit(Trainer(spec["model"](), data, TrainConfig(p_t=0.0, **train)), base)
-    tune = {**spec["finetune"], **({"steps": finetune_steps} if finetune_steps else {})}
     config = TrainConfig(p_t=0.0, cdl_weight=cdl_weight, **tune)
     return _fit(Trainer.finetune(base, data, config), path)
 
@@ -118,14 +117,27 @@ def _fit(trainer: Trainer, path: Path) -> torch.nn.Module:
     return ne.load_checkpoint(path).eval()
 
 
+def budgets(
+    name: str, steps: Optional[int], finetune_steps: Optional[int]
+) -> tuple[dict, Optional[dict]]:
+    """The training and fine-tuning budgets of set `name` (None: trained from scratch), with
+    the command line's step overrides."""
+    spec = SETS[name]
+    train = {**spec["train"], **({"steps": steps} if steps else {})}
+    if "finetune" not in spec:
+        return train, None
+    return train, {**spec["finetune"], **({"steps": finetune_steps} if finetune_steps else {})}
+
+
 def training_protocol(name: str, steps: Optional[int], finetune_steps: Optional[int]) -> str:
     """How the pair of set `name` was trained, in words for the table."""
-    spec = SETS[name]
-    base = steps or spec["train"]["steps"]
-    if "finetune" not in spec:
-        return f"{base} steps from scratch"
-    tune = finetune_steps or spec["finetune"]["steps"]
-    return f"a shared base of {base} steps without CDL, then {tune} fine-tuning steps each"
+    train, tune = budgets(name, steps, finetune_steps)
+    if tune is None:
+        return f"{train['steps']} steps from scratch"
+    return (
+        f"a shared base of {train['steps']} steps without CDL, then {tune['steps']} "
+        "fine-tuning steps each"
+    )
 
 
 RING_BANDWIDTH = 0.25  # the ring's mode width: an MMD kernel that sees each mode's shape

@@ -21,7 +21,7 @@ case "$PART" in
      exit 2 ;;
 esac
 mkdir -p "$OUT"
-if ! python -c "import nag_engine._C as c, sys; sys.exit(not hasattr(c, 'fused_step_cuda'))" 2>/dev/null; then
+if ! python -c "import nag_engine._C as c, sys; sys.exit(not c.with_cuda)" 2>/dev/null; then
 if [ -d .whl ]; then
   pip install -q --no-index --find-links .whl tqdm safetensors scikit-learn hypothesis \
     pytest-benchmark > "$OUT/deps.log" 2>&1 || echo "some wheels did not install (see deps.log)"
