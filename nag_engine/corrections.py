@@ -66,6 +66,8 @@ class EpsilonScaledModel(nn.Module):
             d_alpha = self.schedule.d_alpha(t64).view(shape)
             d_sigma = self.schedule.d_sigma(t64).view(shape)
             result = d_alpha * x0 + d_sigma * eps
+        elif prediction == "v":
+            result = alpha * eps - sigma * x0
         else:
             result = -eps / sigma
         return result.to(out.dtype)

@@ -1,10 +1,12 @@
-"""Exact conversions between what a denoiser predicts: velocity, eps, x0 and the score.
+"""Exact conversions between what a denoiser predicts: velocity, eps, x0, v and the score.
 
 At a fixed time every prediction is an affine function of (x, out): `dst = A * x + B * out`.
 `conversion_coefficients` returns (A, B); the solvers fold them into their step coefficients,
 `convert` applies them to tensors. With x = alpha x0 + sigma eps:
 
-* velocity  v = alpha' x0 + sigma' eps
+* velocity  dx/dt = alpha' x0 + sigma' eps (flow matching, SiT)
+* v         alpha eps - sigma x0 (Salimans & Ho's "v-prediction", diffusers' v_prediction;
+            not the velocity: on a VP schedule it is the velocity in the angle of (alpha, sigma))
 * score     s = grad log p_t(x) = -eps / sigma
 """
 
@@ -18,7 +20,7 @@ from .schedules import Schedule, TimeLike, _as_tensor, get_schedule
 
 Tensor = torch.Tensor
 
-PREDICTIONS = ("velocity", "eps", "x0", "score")
+PREDICTIONS = ("velocity", "eps", "x0", "v", "score")
 
 
 def check_prediction(prediction: str, name: str = "prediction") -> str:
@@ -41,6 +43,9 @@ def _x0_eps_coefficients(src: str, sched: Schedule, t: Tensor):
         return (lambda: (1.0 / alpha, -sigma / alpha)), (lambda: (zero, one))
     if src == "score":  # eps = -sigma * s, x0 = (x + sigma^2 s) / alpha
         return (lambda: (1.0 / alpha, sigma**2 / alpha)), (lambda: (zero, -sigma))
+    if src == "v":  # solve [alpha sigma; -sigma alpha] [x0; eps] = [x; v]
+        norm = alpha**2 + sigma**2
+        return (lambda: (alpha / norm, -sigma / norm)), (lambda: (sigma / norm, alpha / norm))
     # velocity: solve [alpha sigma; alpha' sigma'] [x0; eps] = [x; v]
     d_alpha, d_sigma = sched.d_alpha(t), sched.d_sigma(t)
 
@@ -70,6 +75,10 @@ def conversion_coefficients(
         a, b = eps()
         sigma = sched.sigma(t)
         return -a / sigma, -b / sigma
+    if dst == "v":
+        (a0, b0), (ae, be) = x0(), eps()
+        alpha, sigma = sched.alpha(t), sched.sigma(t)
+        return alpha * ae - sigma * a0, alpha * be - sigma * b0
     (a0, b0), (ae, be) = x0(), eps()
     d_alpha, d_sigma = sched.d_alpha(t), sched.d_sigma(t)
     return d_alpha * a0 + d_sigma * ae, d_alpha * b0 + d_sigma * be

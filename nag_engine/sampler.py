@@ -30,7 +30,7 @@ from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check
 from .guidance import Guidance, GuidancePlan, Pass
 from .noise import CounterNoise
 from .predictions import check_prediction
-from .schedules import Schedule, get_schedule, time_grid
+from .schedules import SPACINGS, Schedule, get_schedule, time_grid
 from .solvers import StageTable, build_stages
 
 Tensor = torch.Tensor
@@ -117,6 +117,26 @@ def default_t_max(schedule: Schedule, prediction: str) -> float:
     return 1.0
 
 
+def respaced_grid(
+    schedule: Schedule, steps: int, spacing: str, time_shift: float, t_max: Optional[float]
+) -> Tensor:
+    """The grid of a discrete-time schedule's respaced sampler ("adm", "leading", "trailing":
+    the training timesteps the reference code visits, see `DiscreteVPSchedule.respaced`)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}: choose one of {SPACINGS}")
+    if not hasattr(schedule, "respaced"):
+        raise ValueError(
+            f"spacing={spacing!r} picks training timesteps of a discrete-time schedule, but the "
+            f"schedule is {schedule.name!r}; use spacing='uniform' or schedule='vp-discrete'"
+        )
+    if time_shift != 1.0 or t_max is not None:
+        raise ValueError(
+            f"spacing={spacing!r} fixes the grid; time_shift and t_max apply to "
+            "spacing='uniform' only"
+        )
+    return schedule.respaced(_check_positive_int("steps", steps), spacing)
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -150,6 +170,7 @@ class Sampler:
         nag_interval: Optional[tuple[float, float]] = None,
         time_shift: float = 1.0,
         t_max: Optional[float] = None,
+        spacing: str = "uniform",
         device: Union[None, str, torch.device] = None,
         dtype: Union[None, str, torch.dtype] = None,
         sample_shape: Optional[Sequence[int]] = None,
@@ -192,8 +213,13 @@ class Sampler:
                 f"cfg_scale={cfg_scale} needs a class-conditional model, but the model declares "
                 "no num_classes; use cfg_scale=1.0"
             )
-        self.t_max = default_t_max(self.schedule, self.prediction) if t_max is None else t_max
-        self.grid = time_grid(self.steps, shift=time_shift, t_max=self.t_max)
+        self.spacing = spacing
+        if spacing == "uniform":
+            self.t_max = default_t_max(self.schedule, self.prediction) if t_max is None else t_max
+            self.grid = time_grid(self.steps, shift=time_shift, t_max=self.t_max)
+        else:
+            self.grid = respaced_grid(self.schedule, self.steps, spacing, time_shift, t_max)
+            self.t_max = float(self.grid[0])
         self.solver = solver
         self.stages: StageTable = build_stages(
             solver, self.schedule, self.prediction, self.grid, **solver_options

@@ -170,9 +170,27 @@ def ddim(
     return table
 
 
-def ddpm(schedule: Schedule, prediction: str, grid: Sequence[float]) -> StageTable:
-    """DDPM ancestral sampling: the posterior mean given the predicted x0 plus its noise."""
-    return ddim(schedule, prediction, grid, eta=1.0)
+DDPM_VARIANCES = ("small", "large")
+
+
+def ddpm(
+    schedule: Schedule, prediction: str, grid: Sequence[float], *, variance: str = "small"
+) -> StageTable:
+    """DDPM ancestral sampling: the posterior mean of x_next given the predicted x0, plus noise
+    of the posterior variance ("small", = DDIM with eta = 1; ADM's FIXED_SMALL, diffusers'
+    fixed_small) or of the forward step's own variance sigma_t^2 - (alpha_t / alpha_n)^2
+    sigma_n^2 ("large": beta_t on a VP schedule; ADM's FIXED_LARGE, diffusers' fixed_large).
+    The step that lands on t = 0 adds no noise."""
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown DDPM variance {variance!r}: choose one of {DDPM_VARIANCES}")
+    table = ddim(schedule, prediction, grid, eta=1.0)
+    if variance == "large":
+        for k, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+            alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
+            alpha_n, sigma_n = float(schedule.alpha(t_next)), float(schedule.sigma(t_next))
+            step_var = sigma**2 - (alpha / alpha_n) ** 2 * sigma_n**2
+            table.c[k] = math.sqrt(max(0.0, step_var)) if sigma_n > 0.0 else 0.0
+    return table
 
 
 SOLVERS: dict[str, Callable[..., StageTable]] = {

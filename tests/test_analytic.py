@@ -514,8 +514,8 @@ def test_unknown_time_distribution_raises(spec):
 
 
 def test_unknown_prediction_or_schedule_raises():
-    with pytest.raises(ValueError, match="'v'"):
-        ring_mixture(prediction="v")
+    with pytest.raises(ValueError, match="'noise'"):
+        ring_mixture(prediction="noise")
     with pytest.raises(ValueError, match="'cosine'"):
         ring_mixture(schedule="cosine")
     assert "score" in PREDICTIONS  # the model accepts every known prediction type

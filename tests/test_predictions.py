@@ -1,7 +1,7 @@
-"""Tests for nag_engine.predictions: exact conversions between velocity, eps, x0 and score.
+"""Tests for nag_engine.predictions: exact conversions between velocity, eps, x0, v and score.
 
 Ground truth: draw (x0, eps), form x = alpha x0 + sigma eps; then the true predictions are
-x0, eps, velocity = alpha' x0 + sigma' eps and score = -eps / sigma.
+x0, eps, velocity = alpha' x0 + sigma' eps, v = alpha eps - sigma x0 and score = -eps / sigma.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def truth(schedule, t, batch=5, dim=3, seed=0):
         "x0": x0,
         "eps": eps,
         "velocity": d_alpha * x0 + d_sigma * eps,
+        "v": alpha * eps - sigma * x0,
         "score": -eps / sigma,
     }
     return x, values
@@ -165,7 +166,7 @@ def test_schedule_object_accepted():
 
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
-    "src, dst", [("v", "x0"), ("x0", "noise"), ("Velocity", "eps"), ("", "x0")]
+    "src, dst", [("v_pred", "x0"), ("x0", "noise"), ("Velocity", "eps"), ("", "x0")]
 )
 def test_unknown_prediction_raises(src, dst):
     x = torch.zeros(2, 3)

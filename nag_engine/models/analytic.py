@@ -139,6 +139,8 @@ class GaussianMixtureModel(nn.Module):
         x0 = (resp * (self.means + alpha * self.variances * diff / var)).sum(1)
         if kind == "x0":
             return x0
+        if kind == "v":
+            return alpha.view(-1, 1) * eps - sigma.view(-1, 1) * x0
         d_alpha = self.schedule_obj.d_alpha(t).view(-1, 1)
         d_sigma = self.schedule_obj.d_sigma(t).view(-1, 1)
         return d_alpha * x0 + d_sigma * eps

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..predictions import check_prediction
-from ..schedules import Schedule, get_schedule
+from ..schedules import DiscreteVPSchedule, Schedule, get_schedule
 
 Tensor = torch.Tensor
 
@@ -46,6 +46,30 @@ def sample_time(
     return t_min + (1.0 - t_min) * u
 
 
+def training_times(
+    schedule: Schedule,
+    distribution: str = "uniform",
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    count: int = 1000,
+    t_min: float = 1e-3,
+) -> Tensor:
+    """An even float64 quadrature of the training time distribution that `forward_noise` draws
+    from: the knots of a discrete schedule (uniform), else `count` quantile midpoints."""
+    if distribution == "uniform" and isinstance(schedule, DiscreteVPSchedule):
+        steps = schedule.num_steps
+        return (torch.arange(steps, dtype=torch.float64) + 1.0) / steps
+    u = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    if distribution == "logit-normal":
+        u = torch.sigmoid(mean + std * torch.special.ndtri(u))
+    elif distribution != "uniform":
+        raise ValueError(
+            f"unknown time distribution {distribution!r}: choose one of {TIME_DISTRIBUTIONS}"
+        )
+    return t_min + (1.0 - t_min) * u
+
+
 def forward_noise(
     x0: Tensor,
     schedule: Schedule,
@@ -56,14 +80,23 @@ def forward_noise(
     std: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(t, eps, x_t): training times, noise and the forward-process states
-    x_t = alpha_t x0 + sigma_t eps for a batch of clean data x0."""
-    t = sample_time(
-        len(x0), generator, distribution=distribution, mean=mean, std=std, device=x0.device
-    )
+    x_t = alpha_t x0 + sigma_t eps for a batch of clean data x0. On a discrete schedule
+    (`vp-discrete`) "uniform" draws the training timesteps themselves, t = (tau + 1) / T, as the
+    model was trained."""
+    if distribution == "uniform" and isinstance(schedule, DiscreteVPSchedule):
+        steps = schedule.num_steps
+        tau = torch.randint(steps, (len(x0),), generator=generator, device=x0.device)
+        t64 = (tau.double() + 1.0) / steps
+        t = t64.float()
+    else:
+        t = sample_time(
+            len(x0), generator, distribution=distribution, mean=mean, std=std, device=x0.device
+        )
+        t64 = t.double()
     eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    alpha = schedule.alpha(t.double()).float().view(shape)
-    sigma = schedule.sigma(t.double()).float().view(shape)
+    alpha = schedule.alpha(t64).float().view(shape)
+    sigma = schedule.sigma(t64).float().view(shape)
     return t, eps, alpha * x0 + sigma * eps
 
 
@@ -75,12 +108,16 @@ def training_target(
         return eps
     if prediction == "x0":
         return x0
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    if prediction == "v":
+        alpha = schedule.alpha(t.double()).float().view(shape)
+        sigma = schedule.sigma(t.double()).float().view(shape)
+        return alpha * eps - sigma * x0
     if prediction == "velocity":
-        shape = (-1,) + (1,) * (x0.ndim - 1)
         d_alpha = schedule.d_alpha(t.double()).float().view(shape)
         d_sigma = schedule.d_sigma(t.double()).float().view(shape)
         return d_alpha * x0 + d_sigma * eps
-    raise ValueError(f"cannot train a {prediction!r} model: use velocity, eps or x0")
+    raise ValueError(f"cannot train a {prediction!r} model: use velocity, eps, x0 or v")
 
 
 @dataclass
