@@ -2,6 +2,7 @@
 Noise Awareness Guidance (NAG)."""
 
 from .checkpoints import load_checkpoint, save_checkpoint
+from .convert import convert_checkpoint
 from .guidance import Guidance, GuidancePlan
 from .parallel import ParallelSampler, ParallelStats
 from .sampler import NonFiniteStateError, SampleBatch, Sampler, StepInfo, sample
@@ -19,6 +20,7 @@ __all__ = [
     "SampleBatch",
     "Sampler",
     "StepInfo",
+    "convert_checkpoint",
     "get_schedule",
     "load_checkpoint",
     "load_shards",

@@ -27,11 +27,17 @@ class CheckpointError(ValueError):
 
 
 def _architectures() -> dict[str, type]:
+    from .models.diffusers_models import DiffusersDenoiser
     from .models.dit import DiT
     from .models.mlp import MLPDenoiser
     from .models.noise_head import NoiseLevelHead
 
-    return {"MLPDenoiser": MLPDenoiser, "DiT": DiT, "NoiseLevelHead": NoiseLevelHead}
+    return {
+        "MLPDenoiser": MLPDenoiser,
+        "DiT": DiT,
+        "NoiseLevelHead": NoiseLevelHead,
+        "DiffusersDenoiser": DiffusersDenoiser,
+    }
 
 
 def architecture_name(model: nn.Module) -> str:
@@ -120,7 +126,10 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     name = config.get("architecture")
     if name not in architectures:
         raise CheckpointError(f"unknown architecture {name!r}: known are {tuple(architectures)}")
-    model = architectures[name](**config["model"])
+    cls = architectures[name]
+    # a wrapper of a foreign model rebuilds it from the model's own config
+    build = getattr(cls, "from_config", None)
+    model = build(config["model"]) if build is not None else cls(**config["model"])
     # the null noise embedding is only meaningful if the model was trained with it
     if config.get("train", {}).get("objective", "denoise") == "denoise":
         model.supports_noise_dropout = float(config.get("p_t", 0.0)) > 0.0

@@ -1,6 +1,6 @@
 """nag_engine.models.DiffusersDiT: diffusers' DiTTransformer2DModel in the model protocol
-(eps on the VP schedule at t = timestep / 1000, null class for dropped rows, learned variance
-dropped), checked against the transformer's own call."""
+(eps on the discrete DDPM schedule, timestep tau at t = (tau + 1) / 1000, null class for dropped
+rows, learned variance dropped), checked against the transformer's own call."""
 
 from __future__ import annotations
 
@@ -31,23 +31,22 @@ def transformer():
 
 def test_forward_is_the_transformers_eps_half(transformer):
     model = DiffusersDiT(transformer)
-    assert (model.prediction, model.schedule, model.num_classes) == ("eps", "vp", 10)
+    assert (model.prediction, model.schedule, model.num_classes) == ("eps", "vp-discrete", 10)
     assert model.sample_shape == (4, 8, 8) and not model.supports_noise_dropout
-    x, t = torch.randn(3, 4, 8, 8), torch.tensor([0.05, 0.5, 0.9])
+    x, tau = torch.randn(3, 4, 8, 8), torch.tensor([49, 499, 899])
+    t = (tau + 1) / 1000
     y, drop_y = torch.tensor([1, 2, 3]), torch.tensor([False, True, False])
     with torch.no_grad():
         got = model(x, t, y, drop_y=drop_y)
         labels = torch.tensor([1, 10, 3])  # 10 = the null class
-        expected = transformer(x, timestep=t * 1000, class_labels=labels).sample[:, :4]
+        expected = transformer(x, timestep=tau, class_labels=labels).sample[:, :4]
         unconditional = model(x, t)
-        null = transformer(x, timestep=t * 1000, class_labels=torch.full((3,), 10)).sample[:, :4]
+        null = transformer(x, timestep=tau, class_labels=torch.full((3,), 10)).sample[:, :4]
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(unconditional, null)
-    with pytest.raises(ValueError, match="noise-condition dropout"):
-        model(x, t, y, drop_t=torch.zeros(3, dtype=torch.bool))
 
 
-def test_it_samples_with_cfg_and_refuses_nag(transformer):
+def test_it_samples_with_cfg_and_refuses_nag_before_a_finetune(transformer):
     model = DiffusersDiT(transformer)
     x = ne.sample(
         model, 4, 5, y=torch.tensor([0, 1, 2, 3]), cfg_scale=2.0, solver="ddim", progress=False

@@ -258,9 +258,13 @@ class DiT(nn.Module):
     """Diffusion transformer over latents / images ``x`` ``[B, in_channels, size, size]``.
 
     Called as ``model(x, t, y=None, *, drop_t=None, drop_y=None)``; returns a tensor with the
-    shape and dtype of ``x`` holding the ``prediction`` target ("velocity", "eps" or "x0").
+    shape and dtype of ``x`` holding the ``prediction`` target ("velocity", "eps", "x0" or "v").
     ``drop_t`` / ``drop_y`` rows use the learned null noise / null class embeddings; ``y=None``
     on a class-conditional model means the null class for every row.
+
+    ``time_scale``, ``time_offset``, ``time_snap``: how our t becomes the network's timestep
+    (`embeddings.model_timestep`; the defaults give ``1000 t``). Converted DiT / SiT checkpoints
+    (`nag_engine.convert`) set them to their own conventions.
     """
 
     supports_noise_dropout = True
@@ -278,6 +282,9 @@ class DiT(nn.Module):
         prediction: str = "velocity",
         schedule: str = "linear",
         attention: str = "sdpa",
+        time_scale: float = 1000.0,
+        time_offset: float = 0.0,
+        time_snap: float = 0.0,
     ) -> None:
         super().__init__()
         check_prediction(prediction)
@@ -300,6 +307,9 @@ class DiT(nn.Module):
             "prediction": prediction,
             "schedule": schedule,
             "attention": attention,
+            "time_scale": time_scale,
+            "time_offset": time_offset,
+            "time_snap": time_snap,
         }
         self.input_size = input_size
         self.patch_size = patch_size
@@ -317,7 +327,9 @@ class DiT(nn.Module):
 
         self.grid_size = input_size // patch_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(
+            hidden_size, time_scale=time_scale, time_offset=time_offset, time_snap=time_snap
+        )
         self.y_embedder = (
             LabelEmbedder(num_classes, hidden_size) if num_classes is not None else None
         )
@@ -346,6 +358,11 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def init_null_noise(self, times: Tensor) -> None:
+        """Start the null noise embedding at the mean timestep embedding over ``times`` (the
+        model's training times): see `TimestepEmbedder.init_null_as_mean`."""
+        self.t_embedder.init_null_as_mean(times)
 
     def set_attention(self, backend: str) -> DiT:
         """Switch the attention implementation ("auto", "sdpa", "xformers"); weights are

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LabelEmbedder",
+    "model_timestep",
     "TimestepEmbedder",
     "prepare_labels",
     "prepare_mask",
@@ -30,17 +31,40 @@ __all__ = [
 ]
 
 
-def timestep_embedding(
-    t: Tensor, dim: int, max_period: float = 10000.0, time_scale: float = 1000.0
+def model_timestep(
+    t: Tensor, time_scale: float = 1000.0, time_offset: float = 0.0, time_snap: float = 0.0
 ) -> Tensor:
-    """Return float32 sinusoidal features ``[B, dim]`` of ``t * time_scale``.
+    """The network's own time input ``t * time_scale + time_offset`` as float32 (computed in
+    float64); values within ``time_snap`` of an integer are rounded to it.
 
-    ``t`` is a float tensor ``[B]`` (continuous time in [0, 1]); it is scaled by
-    ``time_scale`` (1000, the DiT convention) and always embedded in float32, whatever the
-    input dtype. Layout follows DiT: ``[cos(args), sin(args)]``, zero-padded if ``dim`` is odd.
+    Our time t (0 = data, 1 = noise) maps to each model's convention: 1000 t for the models this
+    package trains; 1000 t - 1 (snapped) for DiT/ADM checkpoints, trained at the integer DDPM
+    timesteps tau = 0 .. 999 that sit at t = (tau + 1) / 1000 (the snap undoes float32's
+    rounding of t so those are hit exactly); 1 - t for SiT, whose time runs from noise (0) to
+    data (1)."""
+    tau = t.to(torch.float64) * time_scale + time_offset
+    if time_snap > 0.0:
+        nearest = torch.round(tau)
+        tau = torch.where((tau - nearest).abs() <= time_snap, nearest, tau)
+    return tau.to(torch.float32)
+
+
+def timestep_embedding(
+    t: Tensor,
+    dim: int,
+    max_period: float = 10000.0,
+    time_scale: float = 1000.0,
+    time_offset: float = 0.0,
+    time_snap: float = 0.0,
+) -> Tensor:
+    """Return float32 sinusoidal features ``[B, dim]`` of the model timestep of ``t``.
+
+    ``t`` is a float tensor ``[B]`` (continuous time in [0, 1]), mapped by `model_timestep`
+    (default ``1000 t``, the DiT convention) and always embedded in float32, whatever the input
+    dtype. Layout follows DiT: ``[cos(args), sin(args)]``, zero-padded if ``dim`` is odd.
     """
     half = dim // 2
-    t = t.to(torch.float32) * time_scale
+    t = model_timestep(t, time_scale, time_offset, time_snap)
     exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
     freqs = torch.exp(-math.log(max_period) * exponent)
     args = t[:, None] * freqs[None, :]
@@ -53,17 +77,25 @@ def timestep_embedding(
 class TimestepEmbedder(nn.Module):
     """Embed continuous time ``t`` into a ``hidden_size`` vector, with a learned null.
 
-    ``forward(t, drop)``: sinusoidal features of ``t * 1000`` (float32) -> Linear -> SiLU ->
-    Linear. On rows where ``drop`` is True the whole result is replaced by
-    ``null_embedding`` (an ``nn.Parameter`` of width ``hidden_size``).
+    ``forward(t, drop)``: sinusoidal features of the model timestep (`model_timestep`: by
+    default ``t * 1000``, float32) -> Linear -> SiLU -> Linear. On rows where ``drop`` is True the
+    whole result is replaced by ``null_embedding`` (an ``nn.Parameter`` of width
+    ``hidden_size``).
     """
 
     def __init__(
-        self, hidden_size: int, frequency_embedding_size: int = 256, time_scale: float = 1000.0
+        self,
+        hidden_size: int,
+        frequency_embedding_size: int = 256,
+        time_scale: float = 1000.0,
+        time_offset: float = 0.0,
+        time_snap: float = 0.0,
     ) -> None:
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
         self.time_scale = time_scale
+        self.time_offset = time_offset
+        self.time_snap = time_snap
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size),
             nn.SiLU(),
@@ -84,12 +116,30 @@ class TimestepEmbedder(nn.Module):
 
         ``t``: float ``[B]``; ``drop``: bool ``[B]`` or None (True = null noise embedding).
         """
-        freq = timestep_embedding(t, self.frequency_embedding_size, time_scale=self.time_scale)
-        emb = self.mlp(freq.to(self.mlp[0].weight.dtype))
+        emb = self.embed(t)
         if drop is not None:
             null = self.null_embedding.to(emb.dtype)[None, :]
             emb = torch.where(drop[:, None], null, emb)
         return emb
+
+    def embed(self, t: Tensor) -> Tensor:
+        """The embedding of times ``t`` ``[B]`` without the null substitution."""
+        freq = timestep_embedding(
+            t,
+            self.frequency_embedding_size,
+            time_scale=self.time_scale,
+            time_offset=self.time_offset,
+            time_snap=self.time_snap,
+        )
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+    @torch.no_grad()
+    def init_null_as_mean(self, times: Tensor) -> None:
+        """Set the null noise embedding to the mean embedding over ``times`` (a sample or
+        quadrature of the training time distribution): the vector the network already
+        associates with "some noise level", the starting point NAG fine-tuning uses."""
+        mean = self.embed(times.to(self.null_embedding.device)).float().mean(0)
+        self.null_embedding.copy_(mean.to(self.null_embedding.dtype))
 
 
 class LabelEmbedder(nn.Module):

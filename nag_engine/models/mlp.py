@@ -130,6 +130,10 @@ class MLPDenoiser(nn.Module):
             h = block(h, c)
         return h
 
+    def init_null_noise(self, times: Tensor) -> None:
+        """Start the null noise embedding at the mean timestep embedding over ``times``."""
+        self.t_embedder.init_null_as_mean(times)
+
     def forward(
         self,
         x: Tensor,

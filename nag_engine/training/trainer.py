@@ -28,11 +28,13 @@ from ..checkpoints import (
     save_checkpoint,
     tensor_section,
 )
+from ..schedules import get_schedule
 from .data import DataSet
-from .losses import denoising_loss, noise_level_loss
+from .losses import denoising_loss, noise_level_loss, training_times
 
 Tensor = torch.Tensor
 OBJECTIVES = ("denoise", "noise_level")
+NULL_NOISE_INITS = ("mean", "zero", "keep")
 
 
 @dataclass
@@ -58,6 +60,10 @@ class TrainConfig:
     eval_every: int = 0  # 0: never
     seed: int = 0
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    # where Trainer.finetune starts the null noise embedding when it adds NAG to a model trained
+    # without noise dropout: "mean" (the mean timestep embedding over the training times; see
+    # benchmarks/RESULTS.md for why), "zero", or "keep" (whatever the checkpoint holds)
+    null_noise_init: str = "mean"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the config
 
     def __post_init__(self) -> None:
@@ -73,6 +79,10 @@ class TrainConfig:
             raise ValueError("cdl_weight applies to denoisers; set it to 0 for a noise-level head")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.null_noise_init not in NULL_NOISE_INITS:
+            raise ValueError(
+                f"null_noise_init must be one of {NULL_NOISE_INITS}, got {self.null_noise_init!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -109,6 +119,7 @@ class Trainer:
             if not hasattr(type(model), "supports_noise_dropout"):
                 raise ValueError("p_t > 0 needs a model with a null noise embedding")
             model.supports_noise_dropout = True
+        check_data_fits(model, data)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = model.to(self.device).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -192,7 +203,8 @@ class Trainer:
             while self.step < until:
                 x0, y = next(batches)
                 x0 = x0.to(self.device)
-                y = y.to(self.device) if y is not None else None
+                conditional = getattr(self.model, "num_classes", None) is not None
+                y = y.to(self.device) if y is not None and conditional else None
                 terms = self.train_step(x0, y)
                 rate = (
                     (self.step - start_step) * cfg.batch_size / (time.perf_counter() - start_time)
@@ -317,7 +329,54 @@ class Trainer:
             from ..models.noise_head import NoiseLevelHead
 
             model = NoiseLevelHead.from_denoiser(model)
+        adds_nag = (
+            config.objective == "denoise"
+            and config.p_t > 0
+            and float(model.checkpoint_config.get("p_t") or 0.0) == 0.0
+        )
+        if adds_nag:
+            init_null_noise(model, config)
         return cls(model, data, config, finetuned_from=str(path), **kwargs)
+
+
+def init_null_noise(model: nn.Module, config: TrainConfig) -> None:
+    """Start the null noise embedding of a model that was trained without noise dropout, as
+    `config.null_noise_init` says (the mean over the times `config` trains at, zero, or kept)."""
+    if config.null_noise_init == "keep":
+        return
+    if not hasattr(model, "init_null_noise"):
+        raise ValueError(f"a {type(model).__name__} has no null noise embedding to fine-tune")
+    schedule = get_schedule(getattr(model, "schedule", "linear"))
+    times = training_times(
+        schedule, config.time_distribution, mean=config.time_mean, std=config.time_std
+    )
+    model.init_null_noise(times)
+    if config.null_noise_init == "zero":
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("null_embedding", "null_noise")):
+                    param.zero_()
+
+
+def check_data_fits(model: nn.Module, data: DataSet) -> None:
+    """Refuse data the model cannot train on (sample shape, labels against its classes) with
+    an error naming both, before any training step."""
+    shape = getattr(model, "sample_shape", None)
+    if shape is not None and tuple(shape) != tuple(data.sample_shape):
+        raise ValueError(
+            f"the data ({data.info.get('name', data.name)}) has samples of shape "
+            f"{list(data.sample_shape)}, the model expects {list(shape)}: encode or resize the "
+            "data to the model's input (for latents: the VAE's channels and image size / 8)"
+        )
+    classes = getattr(model, "num_classes", None)
+    if data.y is None or classes is None:  # an unconditional model ignores labels
+        return
+    low, high = int(data.y.min()), int(data.y.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"the data's labels lie in [{low}, {high}] but the model has {classes} classes "
+            f"(ids 0..{classes - 1}); relabel the data"
+        )
 
 
 def config_to_json(config: TrainConfig) -> str:
