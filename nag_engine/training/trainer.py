@@ -237,6 +237,8 @@ class Trainer:
             "step": self.step,
             "train": dataclasses.asdict(self.config),
             "finetuned_from": self.finetuned_from,
+            # where a fine-tuned model first came from (a converted official checkpoint)
+            "converted_from": getattr(self.model, "checkpoint_config", {}).get("converted_from"),
         }
 
     def _state_tensors(self) -> dict[str, Tensor]:
@@ -286,6 +288,7 @@ class Trainer:
         if config["dataset"] != data.info:
             raise ValueError(f"{path} was trained on {config['dataset']}, not on {data.info}")
         model = build_model(config)
+        model.checkpoint_config = config  # (keeps its lineage: converted_from)
         trainer = cls(
             model,
             data,

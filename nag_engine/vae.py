@@ -1,0 +1,312 @@
+"""Latent diffusion's other half: a diffusers `AutoencoderKL` from a local folder, images in and
+out, and the `nag-engine encode` job that turns an image folder into training latents.
+
+    vae = VAE.load("sd-vae-ft-mse", device="cuda", dtype=torch.bfloat16)
+    images = vae.decode(latents)          # [-1, 1], float32
+    latents = vae.encode(images)          # scaled by the VAE's scaling_factor (0.18215 for SD)
+
+The latent scale (and shift, for VAEs that have one) comes from the folder's config.json: a
+model sees `(z - shift) * scale` for the VAE's raw latent z, as DiT and SiT were trained
+(`vae.encode(x).latent_dist.sample() * 0.18215`). Nothing is downloaded: the folder must hold
+a saved AutoencoderKL (config.json + weights), e.g. `stabilityai/sd-vae-ft-mse` fetched once
+with `huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-mse`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+Tensor = torch.Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+LATENT_MODES = ("sample", "mean")
+
+
+def _cuda_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class VAE:
+    """A diffusers AutoencoderKL with its latent scale: `encode` images in [-1, 1] to model
+    latents, `decode` model latents to images in [-1, 1]. `decode_seconds` / `encode_seconds`
+    accumulate the time spent in each (synchronised on CUDA)."""
+
+    def __init__(self, autoencoder: torch.nn.Module, source: str = "") -> None:
+        config = autoencoder.config
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.source = source
+        self.scaling_factor = float(getattr(config, "scaling_factor", None) or 0.18215)
+        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
+        self.latent_channels = int(config.latent_channels)
+        self.image_channels = int(config.in_channels)
+        self.downsample = 2 ** (len(config.block_out_channels) - 1)
+        param = next(autoencoder.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.decode_seconds = 0.0
+        self.encode_seconds = 0.0
+
+    @classmethod
+    def load(
+        cls,
+        folder: Union[str, Path],
+        *,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> VAE:
+        """The AutoencoderKL saved in `folder` (config.json + weights), on `device` in `dtype`."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"no VAE folder at {folder}: pass a local diffusers AutoencoderKL folder "
+                "(config.json + weights), e.g. one fetched with `huggingface-cli download "
+                "stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-mse`"
+            )
+        config_path = folder / "config.json"
+        if not config_path.is_file() and (folder / "vae" / "config.json").is_file():
+            folder, config_path = folder / "vae", folder / "vae" / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{folder} has no config.json: not a diffusers AutoencoderKL folder (save one "
+                "with AutoencoderKL.save_pretrained(DIR), or point at a pipeline's vae/ folder)"
+            )
+        kind = json.loads(config_path.read_text()).get("_class_name")
+        if kind != "AutoencoderKL":
+            raise ValueError(f"{folder} holds a {kind}, not an AutoencoderKL")
+        from .models.diffusers_models import import_diffusers
+
+        diffusers = import_diffusers()
+        try:
+            autoencoder = diffusers.AutoencoderKL.from_pretrained(
+                str(folder), torch_dtype=dtype or torch.float32, low_cpu_mem_usage=False
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(f"could not load the AutoencoderKL in {folder} ({err})") from None
+        autoencoder = autoencoder.to(device=device or "cpu")
+        return cls(autoencoder, source=str(folder))
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this decoder in a run's manifest."""
+        return {
+            "vae": self.source,
+            "scaling_factor": self.scaling_factor,
+            "shift_factor": self.shift_factor,
+            "latent_channels": self.latent_channels,
+        }
+
+    def check_latents(self, shape: Sequence[int]) -> None:
+        """Refuse model samples of `shape` ([C, H, W]) that this VAE cannot decode."""
+        if len(shape) != 3 or shape[0] != self.latent_channels:
+            raise ValueError(
+                f"the model's samples have shape {list(shape)} but this VAE decodes latents with "
+                f"{self.latent_channels} channels ([{self.latent_channels}, H, W]); use the VAE "
+                "the model was trained with"
+            )
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, batch_size: int = 32) -> Tensor:
+        """Images [B, C, H * f, W * f] in [-1, 1] (float32, on the VAE's device) of model
+        latents, decoded `batch_size` at a time."""
+        self.check_latents(tuple(latents.shape[1:]))
+        start = time.perf_counter()
+        parts = []
+        for chunk in latents.split(batch_size):
+            z = chunk.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+            parts.append(self.autoencoder.decode(z).sample.float().clamp(-1, 1))
+        _cuda_sync(self.device)
+        self.decode_seconds += time.perf_counter() - start
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def encode(
+        self, images: Tensor, *, mode: str = "sample", generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Model latents (float32) of images [B, C, H, W] in [-1, 1]: a draw from the posterior
+        ("sample", as DiT trained; from `generator`) or its mean ("mean")."""
+        if mode not in LATENT_MODES:
+            raise ValueError(f"mode must be one of {LATENT_MODES}, got {mode!r}")
+        if images.ndim != 4 or images.shape[1] != self.image_channels:
+            raise ValueError(
+                f"images must be [B, {self.image_channels}, H, W], got {tuple(images.shape)}"
+            )
+        start = time.perf_counter()
+        posterior = self.autoencoder.encode(images.to(self.device, self.dtype)).latent_dist
+        z = posterior.mean if mode == "mean" else posterior.sample(generator=generator)
+        latents = ((z.float() - self.shift_factor) * self.scaling_factor).cpu()
+        self.encode_seconds += time.perf_counter() - start
+        return latents
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C] (ADM's layout)."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int, gap: int = 2) -> np.ndarray:
+    """uint8 images [B, H, W, C] tiled row by row, `nrow` per row, on a mid-grey background."""
+    count, height, width, channels = images.shape
+    cols = max(1, min(nrow, count))
+    rows = -(-count // cols)
+    out = np.full(
+        (rows * (height + gap) - gap, cols * (width + gap) - gap, channels), 128, dtype=np.uint8
+    )
+    for index in range(count):
+        r, c = divmod(index, cols)
+        top, left = r * (height + gap), c * (width + gap)
+        out[top : top + height, left : left + width] = images[index]
+    return out
+
+
+# ----------------------------------------------------------------------------- image sources
+def center_crop(image: Any, size: int) -> np.ndarray:
+    """ADM's / DiT's training crop: halve with a box filter while the short side is at least
+    twice `size`, resize the short side to `size` (bicubic), take the centre square. Returns
+    uint8 [size, size, 3]."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    pixels = np.asarray(image)
+    top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
+    return pixels[top : top + size, left : left + size]
+
+
+class ImageSource:
+    """Images with labels from an image folder (class subfolders, ImageNet-style: class ids in
+    sorted folder order; or a flat folder: unlabelled) or an ADM-style .npz (`arr_0` uint8
+    [N, H, W, 3], labels in `arr_1` or `labels` if present)."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        self.files: list[Path] = []
+        self.array: Optional[np.ndarray] = None
+        self.labels: Optional[np.ndarray] = None
+        self.class_names: list[str] = []
+        if self.path.is_file() and self.path.suffix == ".npz":
+            self._from_npz()
+        elif self.path.is_dir():
+            self._from_folder()
+        else:
+            raise FileNotFoundError(
+                f"no images at {self.path}: pass a folder of images (one subfolder per class) "
+                "or an .npz with arr_0 = uint8 [N, H, W, 3]"
+            )
+        if len(self) == 0:
+            raise ValueError(f"{self.path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def _from_npz(self) -> None:
+        with np.load(self.path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                raise ValueError(f"{self.path} has no arr_0 (uint8 images [N, H, W, 3])")
+            self.array = data["arr_0"]
+            for key in ("labels", "arr_1"):
+                if key in data:
+                    self.labels = data[key].astype(np.int64)
+                    break
+        if self.array.dtype != np.uint8 or self.array.ndim != 4 or self.array.shape[-1] != 3:
+            raise ValueError(
+                f"{self.path}: arr_0 must be uint8 [N, H, W, 3], got {self.array.dtype} "
+                f"{self.array.shape}"
+            )
+
+    def _from_folder(self) -> None:
+        def images_in(folder: Path) -> list[Path]:
+            return sorted(
+                p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+
+        classes = sorted(p for p in self.path.iterdir() if p.is_dir())
+        if classes:
+            self.class_names = [p.name for p in classes]
+            labels = []
+            for index, folder in enumerate(classes):
+                found = images_in(folder)
+                self.files += found
+                labels += [index] * len(found)
+            self.labels = np.asarray(labels, dtype=np.int64)
+        else:
+            self.files = images_in(self.path)
+
+    def __len__(self) -> int:
+        return len(self.array) if self.array is not None else len(self.files)
+
+    def batches(self, size: int, batch_size: int) -> Iterator[np.ndarray]:
+        """uint8 [B, size, size, 3] batches in order, cropped as `center_crop` does."""
+        from PIL import Image
+
+        for start in range(0, len(self), batch_size):
+            stop = min(len(self), start + batch_size)
+            if self.array is not None:
+                images = [Image.fromarray(a) for a in self.array[start:stop]]
+            else:
+                images = []
+                for path in self.files[start:stop]:
+                    try:
+                        with Image.open(path) as image:
+                            image.load()
+                    except OSError as err:
+                        raise ValueError(f"cannot read the image {path} ({err})") from None
+                    images.append(image)
+            yield np.stack([center_crop(image, size) for image in images])
+
+
+def encode_images(
+    source: Union[str, Path],
+    out: Union[str, Path],
+    vae_folder: Union[str, Path],
+    *,
+    size: int = 256,
+    batch_size: int = 32,
+    mode: str = "sample",
+    seed: int = 0,
+    device: Union[None, str, torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> Path:
+    """Encode the images of `source` (see `ImageSource`) with the VAE in `vae_folder` into an
+    .npz of training latents for `load_dataset("latents", path=out)`: `latents` float32
+    [N, C, size / f, size / f] (already times the scaling factor), `labels` int64 (when the
+    source has them), `class_names`, and the VAE's scale. Written atomically at the end."""
+    from .images import atomic_write_npz
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"the output must be an .npz file, got {out}")
+    if mode not in LATENT_MODES:
+        raise ValueError(f"mode must be one of {LATENT_MODES}, got {mode!r}")
+    images = ImageSource(source)
+    vae = VAE.load(vae_folder, device=device, dtype=dtype)
+    if size % vae.downsample:
+        raise ValueError(
+            f"size {size} is not a multiple of the VAE's downsampling {vae.downsample}"
+        )
+    generator = torch.Generator(vae.device).manual_seed(seed)
+    parts = []
+    with tqdm(total=len(images), desc="encoding", unit="image", disable=not progress) as bar:
+        for batch in images.batches(size, batch_size):
+            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            parts.append(vae.encode(pixels, mode=mode, generator=generator).numpy())
+            bar.update(len(batch))
+    arrays = {
+        "latents": np.concatenate(parts).astype(np.float32),
+        "scaling_factor": np.float64(vae.scaling_factor),
+        "image_size": np.int64(size),
+        "vae": np.str_(str(vae_folder)),
+    }
+    if images.labels is not None:
+        arrays["labels"] = images.labels
+        arrays["class_names"] = np.asarray(images.class_names, dtype=np.str_)
+    atomic_write_npz(out, **arrays)
+    return out
