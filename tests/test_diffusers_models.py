@@ -235,3 +235,27 @@ def test_a_fine_tuned_unet_samples_with_nag(tmp_path):
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
     resumed = Trainer.resume(tmp_path / "run" / "checkpoint.safetensors", data)
     assert resumed.step == 6 and isinstance(resumed.model, DiffusersDenoiser)
+
+
+def test_an_unconditional_unet_samples_with_every_solver_and_fine_tunes_for_nag(tmp_path):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    model = DiffusersDenoiser.wrap(unet)
+    assert model.num_classes is None
+    for solver in ("euler", "heun", "euler-maruyama", "ddim", "ddpm"):
+        x = ne.sample(model, 2, 4, solver=solver, progress=False)
+        assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all(), solver
+    data = load_dataset("digits", n=32)  # labelled, but the model ignores the labels
+    trainer = Trainer(model, data, TrainConfig(steps=3, batch_size=8, p_t=0.5, p_c=0.0))
+    trainer.run(progress=False)
+    x = ne.sample(trainer.model, 2, 4, nag_scale=1.0, solver="ddim", progress=False)
+    assert torch.isfinite(x).all()
