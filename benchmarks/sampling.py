@@ -221,7 +221,8 @@ def measure_diffusers(name, batch, steps, device, tiny, reps) -> dict:
     gen = torch.Generator().manual_seed(1)
     labels = [int(i) for i in torch.randint(0, 1000, (batch,), generator=gen)]
     cfg = CFG  # diffusers' guidance_scale is the same convention: uncond + s (cond - uncond)
-    model = DiffusersDiT(transformer)
+    # a copy: the wrapper's hooks must not run inside diffusers' own pipeline (e)
+    model = DiffusersDiT(copy.deepcopy(transformer))
     sampler = ne.Sampler(model, steps, solver="ddim", cfg_scale=cfg, dtype="bf16")
     y = torch.tensor(labels, device=device)
     runs = {

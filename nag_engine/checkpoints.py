@@ -103,6 +103,10 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, T
         header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from None
+    return _config_of(header, path), tensors
+
+
+def _config_of(header: dict[str, Any], path: Path) -> dict[str, Any]:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != FORMAT or "nag_engine" not in metadata:
         raise CheckpointError(
@@ -112,7 +116,25 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, T
         raise CheckpointError(
             f"{path} has format version {metadata['version']}; upgrade nag_engine"
         )
-    return json.loads(metadata["nag_engine"]), tensors
+    return json.loads(metadata["nag_engine"])
+
+
+def read_header(path: Union[str, Path]) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """(config, {tensor name: shape}) of a checkpoint file, reading its header only (not the
+    weights): for describing or checking a file before the expensive work."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= 100_000_000:
+                raise ValueError(f"a header of {header_len} bytes")
+            header = json.loads(f.read(header_len))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from None
+    shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    return _config_of(header, path), shapes
 
 
 def tensor_section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -98,13 +99,34 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" (CUDA where available, else CPU), "cpu", "cuda" or "cuda:N", checked."""
+    """The device --device names: "auto" (CUDA where available, else CPU), "cpu", "cuda" or
+    "cuda:N", checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has CUDA devices 0..{count - 1}")
     return device
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,9 +175,12 @@ def run_sample(args: argparse.Namespace) -> int:
     sampler = Sampler(
         model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
     )
+    if args.grid is not None and args.shards is not None:
+        raise ValueError("--grid draws the samples of one file: use it without --shards")
     vae, shape = None, sampler._resolve_shape(None)
     if args.vae is not None:  # checked before any sampling: folder, weights, latent shape
         vae = VAE.load(args.vae, device=device, dtype=sampler.dtype)
+        vae.batch_size = args.decode_batch_size
         vae.check_latents(shape)
     elif args.grid is not None and not (len(shape) == 3 and shape[0] in (1, 3)):
         raise ValueError(
@@ -192,7 +217,7 @@ def run_sample(args: argparse.Namespace) -> int:
     ):  # latents are decoded batch by batch as they come out of the sampler
         parts.append(batch.samples.cpu())
         if vae is not None:
-            images.append(to_uint8(vae.decode(batch.samples, args.decode_batch_size)))
+            images.append(vae.decode_uint8(batch.samples))
     x = torch.cat(parts)
     seconds = time.perf_counter() - start
     arrays = {"samples": x.numpy()}
@@ -472,7 +497,7 @@ def _train_data(args: argparse.Namespace, info: Optional[dict[str, Any]], preset
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoints import read_checkpoint
+    from .checkpoints import read_header
     from .presets import PRESETS, Preset
     from .training.trainer import TrainConfig, Trainer
 
@@ -499,15 +524,22 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not checkpoint.is_file():
             raise ValueError(f"--resume: no checkpoint at {checkpoint}")
-        saved, _ = read_checkpoint(checkpoint)
+        saved, _ = read_header(checkpoint)
         data = _train_data(args, saved.get("dataset"), preset)
         trainer = Trainer.resume(checkpoint, data, out=out, device=device)
         if args.steps is not None:  # train on past the original budget
             trainer.config = dataclasses.replace(trainer.config, steps=args.steps)
         print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
     elif args.finetune:
-        source, _ = read_checkpoint(args.finetune)  # a clear error for a bad file, first
+        source, _ = read_header(args.finetune)  # a clear error for a bad file, first
         data = _train_data(args, source.get("dataset"), preset)
+        classes = (source.get("model") or {}).get("num_classes")
+        if data.num_classes is not None and classes and data.num_classes != classes:
+            print(
+                f"note: the data has {data.num_classes} classes, the model {classes}; its labels "
+                "are taken as the model's class ids (if the folders are a subset of the "
+                "model's classes, encode with --classes naming them all in id order)"
+            )
         if preset is not None:
             train_config = preset.train_config(**overrides)
         else:
@@ -540,7 +572,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- convert, encode
 def run_convert(args: argparse.Namespace) -> int:
-    from .checkpoints import read_checkpoint
+    from .checkpoints import read_header
     from .convert import convert_checkpoint
 
     if (args.scheduler is not None or args.null_class is not None) and args.format != "diffusers":
@@ -554,8 +586,8 @@ def run_convert(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         null_class=args.null_class,
     )
-    config, tensors = read_checkpoint(path)
-    params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    config, shapes = read_header(path)
+    params = sum(math.prod(v) for k, v in shapes.items() if k.startswith("model."))
     origin = config.get("converted_from", {})
     print(f"converted {args.src} ({args.format}) -> {path}")
     print(f"  {_describe_architecture(config)}, {params / 1e6:.2f} M parameters")
@@ -591,11 +623,12 @@ def _describe_architecture(config: dict[str, Any]) -> str:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from .vae import encode_images
+    from .vae import encode_images, read_class_list
 
     device = resolve_device(args.device)
+    classes = read_class_list(args.classes) if args.classes is not None else None
     start = time.perf_counter()
-    path = encode_images(
+    summary = encode_images(
         args.images,
         args.out,
         args.vae,
@@ -603,18 +636,22 @@ def run_encode(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         mode=args.latent,
         seed=args.seed,
+        classes=classes,
+        part_size=args.part_size,
         device=device,
         dtype=DTYPES[args.dtype],
         progress=not args.no_progress,
     )
     seconds = time.perf_counter() - start
-    with np.load(path, allow_pickle=False) as saved:
-        latents = saved["latents"]
-        classes = len(saved["class_names"]) if "class_names" in saved else 0
-    labelled = f", {classes} classes" if classes else ", unlabelled"
+    labelled = f"{summary['classes']} classes" if summary["classes"] else "unlabelled"
+    shape = summary["latent_shape"]
+    parts = ""
+    if summary["parts_written"] is not None:
+        parts = f"; {summary['parts_written']} parts written, {summary['parts_on_disk']} were done"
     print(
-        f"encoded {len(latents)} images of {args.images} into {path}: latents "
-        f"{list(latents.shape[1:])}{labelled} ({seconds:.1f} s on {device})"
+        f"encoded {summary['images']} images of {args.images} into {args.out}: latents "
+        f"{shape if shape else '(all on disk already)'}, {labelled}{parts} ({seconds:.1f} s on "
+        f"{device})"
     )
     return 0
 
@@ -634,15 +671,15 @@ def _print_backends() -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .checkpoints import read_checkpoint
+    from .checkpoints import read_header
     from .presets import SHIPPED, shipped_checkpoint
 
     if args.path is None:
         _print_backends()
         return 0
     path = shipped_checkpoint(args.path) if args.path in SHIPPED else Path(args.path)
-    config, tensors = read_checkpoint(path)
-    params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    config, shapes = read_header(path)
+    params = sum(math.prod(v) for k, v in shapes.items() if k.startswith("model."))
     print(f"{path}  ({path.stat().st_size / 1e6:.2f} MB)")
     print(f"  architecture  {config['architecture']}  ({params / 1e6:.3f} M parameters)")
     print(f"  model         {json.dumps(config['model'])}")
@@ -793,9 +830,11 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--grid", type=Path, default=None, help="write a PNG grid of the (decoded) images"
     )
-    sample.add_argument("--grid-max", type=int, default=64, help="images in the grid at most")
     sample.add_argument(
-        "--decode-batch-size", type=int, default=16, help="latents per VAE decode call"
+        "--grid-max", type=positive_int, default=64, help="images in the grid at most"
+    )
+    sample.add_argument(
+        "--decode-batch-size", type=positive_int, default=16, help="latents per VAE decode call"
     )
     sample.add_argument(
         "--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N"
@@ -907,7 +946,10 @@ def _parser() -> argparse.ArgumentParser:
         help="which weights of a train.py checkpoint (default: ema, as DiT's sample.py)",
     )
     convert.add_argument(
-        "--num-heads", type=int, default=None, help="attention heads (only for non-preset widths)"
+        "--num-heads",
+        type=positive_int,
+        default=None,
+        help="attention heads (only for non-preset widths)",
     )
     convert.add_argument(
         "--scheduler",
@@ -928,19 +970,38 @@ def _parser() -> argparse.ArgumentParser:
         help="encode an image folder into training latents with a VAE",
         description="Encodes IMAGES (a folder with one subfolder per class, a flat folder, or "
         "an ADM .npz with arr_0 uint8 [N, H, W, 3]) with the diffusers AutoencoderKL in "
-        "--vae DIR, after DiT's centre crop to --size, into OUT.npz (latents times the VAE's "
-        "scale, labels, class names) for `nag-engine train --data OUT.npz`. Written atomically.",
+        "--vae DIR, after DiT's centre crop to --size, into OUT (latents times the VAE's "
+        "scale, labels, class names) for `nag-engine train --data OUT`. OUT.npz is written "
+        "atomically at the end; OUT a folder gets parts written as they complete, and rerunning "
+        "the command resumes an interrupted run.",
     )
     encode.add_argument("images", type=Path)
     encode.add_argument("out", type=Path)
     encode.add_argument("--vae", type=Path, required=True, metavar="DIR")
-    encode.add_argument("--size", type=int, default=256, help="image size (default 256)")
-    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument("--size", type=positive_int, default=256, help="image size (default 256)")
+    encode.add_argument("--batch-size", type=positive_int, default=32)
     encode.add_argument(
         "--latent",
         default="sample",
         choices=("sample", "mean"),
-        help="a draw from the VAE posterior (default, as DiT trains; seeded) or its mean",
+        help="one seeded draw from the VAE posterior per image (default; DiT's training draws "
+        "afresh every step) or the posterior mean",
+    )
+    encode.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a text file naming the model's class folders in id order, one per line (e.g. "
+        "the 1,000 ImageNet synsets), when IMAGES holds only some of them; default: the "
+        "sorted subfolders are classes 0, 1, ...",
+    )
+    encode.add_argument(
+        "--part-size",
+        type=positive_int,
+        default=10_000,
+        help="with OUT a folder: images per part file, each written as it completes (a rerun "
+        "skips the parts on disk; default 10,000)",
     )
     encode.add_argument("--seed", type=int, default=0)
     encode.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
@@ -975,6 +1036,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"nag-engine: error: {err}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print(
+            "nag-engine: error: the GPU ran out of memory; lower --batch-size (and "
+            "--decode-batch-size for a VAE), or use --dtype bf16",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -1,5 +1,6 @@
 """Checkpoints of the papers' code -> nag_engine checkpoints: facebookresearch/DiT and
-willisma/SiT state dicts (and diffusers model folders, see `nag_engine.models.diffusers`).
+willisma/SiT state dicts (and diffusers model folders, see
+`nag_engine.models.diffusers_models`).
 
     convert_checkpoint("DiT-XL-2-256x256.pt", "dit-xl.safetensors", format="dit")
 
@@ -41,6 +42,7 @@ import torch
 
 from .checkpoints import save_checkpoint
 from .models.dit import DiT, get_2d_sincos_pos_embed
+from .schedules import get_schedule
 
 Tensor = torch.Tensor
 
@@ -98,30 +100,33 @@ def load_tensors(path: Union[str, Path]) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f" (it pickles {found.group(1)})" if found else ""
+        if found is None:  # not a pickle of tensors at all (a truncated or foreign file)
+            raise ConversionError(f"{path} is not a readable torch.save file") from None
         raise ConversionError(
-            f"{path} cannot be loaded without unpickling code{what}; nag_engine reads only "
-            "tensors (torch.load(weights_only=True)). If you trust the file, re-save its weights "
-            "as plain tensors: torch.save(torch.load(IN, weights_only=False)['ema'], OUT) (or "
-            "safetensors.torch.save_file) and convert that"
+            f"{path} cannot be loaded without unpickling code (it pickles {found.group(1)}); "
+            "nag_engine reads only tensors (torch.load(weights_only=True)). If you trust the "
+            "file, re-save its weights as plain tensors: torch.save(torch.load(IN, "
+            "weights_only=False)['ema'], OUT) (or safetensors.torch.save_file) and convert that"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ConversionError(f"{path} is not a readable torch.save file ({err})") from None
 
 
-def state_dict_of(loaded: Any, path: Union[str, Path], weights: str = "ema") -> dict[str, Tensor]:
-    """The model state dict inside a loaded file: the file itself (a released checkpoint) or
-    its "ema" / "model" entry (a train.py checkpoint), with DDP's "module." and torch.compile's
-    "_orig_mod." prefixes removed."""
+def state_dict_of(
+    loaded: Any, path: Union[str, Path], weights: str = "ema"
+) -> tuple[dict[str, Tensor], str]:
+    """(the model state dict inside a loaded file, which entry it came from): the file itself
+    ("file", a released checkpoint) or its "ema" / "model" entry (a train.py checkpoint), with
+    DDP's "module." and torch.compile's "_orig_mod." prefixes removed."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if not isinstance(loaded, dict):
         raise ConversionError(f"{path} holds a {type(loaded).__name__}, not a state dict")
-    state = loaded
+    state, entry = loaded, "file"
     if isinstance(loaded.get(weights), dict):
-        state = loaded[weights]
+        state, entry = loaded[weights], weights
     elif isinstance(loaded.get("state_dict"), dict):
-        state = loaded["state_dict"]
+        state, entry = loaded["state_dict"], "state_dict"
     elif any(isinstance(v, dict) for v in loaded.values()) and not _is_flat(loaded):
         raise ConversionError(
             f"{path} holds no {weights!r} weights (entries: {sorted(loaded)[:8]}); pick the "
@@ -136,7 +141,39 @@ def state_dict_of(loaded: Any, path: Union[str, Path], weights: str = "ema") -> 
         for prefix in ("module.", "_orig_mod."):
             key = key.removeprefix(prefix)
         out[key] = value
-    return out
+    return out, entry
+
+
+def training_args(loaded: Any) -> Optional[dict[str, Any]]:
+    """The arguments a DiT / SiT train.py checkpoint saved (its "args" Namespace), as plain
+    JSON values; None for a released state dict."""
+    args = loaded.get("args") if isinstance(loaded, dict) else None
+    if not isinstance(args, argparse.Namespace):
+        return None
+    plain = (str, int, float, bool, type(None))
+    return {k: v for k, v in vars(args).items() if isinstance(v, plain)}
+
+
+def check_training_args(fmt: str, args: Optional[dict[str, Any]], source: str) -> None:
+    """Refuse a train.py checkpoint whose saved arguments say it is not the named format, or a
+    SiT trained on a path / prediction other than the linear interpolant's velocity."""
+    if not args:
+        return
+    model = str(args.get("model", ""))
+    family = model.split("-")[0].lower()
+    if family in ("dit", "sit") and family != fmt:
+        raise ConversionError(
+            f"{source} was trained as {model} (its saved arguments say so): convert it with "
+            f"--format {family}"
+        )
+    if fmt == "sit":
+        path_type, prediction = args.get("path_type", "Linear"), args.get("prediction", "velocity")
+        if path_type != "Linear" or prediction != "velocity":
+            raise ConversionError(
+                f"{source} is a SiT trained with path_type={path_type!r}, "
+                f"prediction={prediction!r}; nag_engine converts the linear interpolant's "
+                "velocity models (path_type='Linear', prediction='velocity') only"
+            )
 
 
 def _is_flat(d: dict) -> bool:
@@ -274,14 +311,6 @@ def _eps_rows(weight: Tensor, channels: int, patch: int) -> Tensor:
     return weight[keep]
 
 
-def training_times(fmt: str, count: int = 1000) -> Tensor:
-    """The times (ours) a model of this format was trained at, as an even quadrature: DiT's 1000
-    timesteps, SiT's uniform t in [0, 1] (midpoints)."""
-    if fmt == "dit":
-        return (torch.arange(1000, dtype=torch.float64) + 1.0) / 1000.0
-    return (torch.arange(count, dtype=torch.float64) + 0.5) / count
-
-
 def build_converted(
     state: dict[str, Tensor], fmt: str, *, num_heads: Optional[int] = None, source: str = "file"
 ) -> tuple[DiT, dict[str, Any]]:
@@ -313,7 +342,9 @@ def build_converted(
         raise ConversionError(
             f"{source}: the tensors do not fit the inferred architecture ({err})"
         ) from None
-    model.t_embedder.init_null_as_mean(training_times(fmt))
+    from .training.losses import training_times  # (DiT: its 1000 timesteps; SiT: uniform t)
+
+    model.t_embedder.init_null_as_mean(training_times(get_schedule(model.schedule)))
     standard_pos = torch.equal(
         state["pos_embed"].float().reshape(-1),
         get_2d_sincos_pos_embed(arch["hidden_size"], arch["input_size"] // patch).reshape(-1),
@@ -353,8 +384,13 @@ def convert_checkpoint(
         return convert_diffusers_folder(src, dst, scheduler=scheduler, null_class=null_class)
     if scheduler is not None or null_class is not None:
         raise ValueError("scheduler and null_class apply to format='diffusers' only")
+    if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     src = Path(src)
-    state = state_dict_of(load_tensors(src), src, weights)
+    loaded = load_tensors(src)
+    state, entry = state_dict_of(loaded, src, weights)
+    args = training_args(loaded)
+    check_training_args(format, args, str(src))
     model, info = build_converted(state, format, num_heads=num_heads, source=str(src))
     config = {
         "schedule": model.schedule,
@@ -367,7 +403,8 @@ def convert_checkpoint(
             **info,
             "file": src.name,
             "sha256": file_sha256(src),
-            "weights": weights,
+            "weights": entry,  # the train.py entry taken, or "file" for a plain state dict
+            "training_args": args,
         },
     }
     return save_checkpoint(dst, model, config)

@@ -294,8 +294,13 @@ class DiscreteVPSchedule(Schedule):
 
         * "adm": DiT's / ADM's `space_timesteps(T, "steps")`: evenly spaced, rounded, first and
           last timestep included (what DiT's sample.py uses with 250 steps);
-        * "leading": every (T // steps)-th timestep from 0 (ADM's "ddimN", diffusers' default);
-        * "trailing": every (T / steps)-th timestep counted down from T - 1.
+        * "leading": every (T // steps)-th timestep from 0 (ADM's "ddimN", diffusers' default
+          with steps_offset 0);
+        * "trailing": every (T / steps)-th timestep counted down from T - 1 (diffusers').
+
+        (diffusers' DDIM / DDPM schedulers step from each timestep to timestep - T // steps,
+        which is the next one visited for "leading", and for "trailing" when steps divides T;
+        otherwise, as with their "linspace" spacing, no grid reproduces them.)
         """
         timesteps = respaced_timesteps(self.num_steps, steps, spacing)
         knots = (torch.tensor(timesteps, dtype=torch.float64) + 1.0) / self.num_steps
@@ -341,7 +346,8 @@ def respaced_timesteps(num_steps: int, steps: int, spacing: str) -> list[int]:
 
 
 def get_schedule(schedule: Union[str, Schedule]) -> Schedule:
-    """Return a Schedule from its name ("linear", "vp", "vp-cosine") or pass one through."""
+    """Return a Schedule from its name ("linear", "vp", "vp-cosine", "vp-discrete" or a
+    "vp-discrete:BETAS:START:END:STEPS" spec) or pass one through."""
     if isinstance(schedule, Schedule):
         return schedule
     if schedule == "linear":

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from .images import atomic_write_bytes, atomic_write_npz, encode_png
 from .sampler import Sampler
-from .vae import to_uint8
 
 FORMATS = ("npz", "png")
 MANIFEST = "manifest.json"
@@ -88,14 +87,17 @@ def _write_shard(
     label_array = (
         labels.cpu().numpy().astype(np.int64) if labels is not None else np.full(len(index), -1)
     )
-    decoded = decoder.decode(samples) if decoder is not None else None
+    decoded = decoder.decode_uint8(samples) if decoder is not None else None
     if fmt == "npz":
         arrays = {"samples": samples.cpu().numpy(), "index": index, "labels": label_array}
         if decoded is not None:
-            arrays["images"] = to_uint8(decoded)
+            arrays["images"] = decoded
         atomic_write_npz(path, **arrays)
         return
-    images = _to_uint8_images(decoded if decoded is not None else samples)
+    if decoded is not None:  # uint8 [B, H, W, C]: grey images as [B, H, W]
+        images = decoded[..., 0] if decoded.shape[-1] == 1 else decoded
+    else:
+        images = _to_uint8_images(samples)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         for i, image in zip(index, images):
@@ -139,11 +141,11 @@ def sample_to_disk(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     labels = sampler._check_labels(y, n)
     if decoder is not None:
         decoder.check_latents(sampler._resolve_shape(None))
+    out_dir = Path(out_dir)  # made only once the arguments are known to be good
+    out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():

@@ -14,6 +14,7 @@ with `huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,9 @@ class VAE:
     latents, `decode` model latents to images in [-1, 1]. `decode_seconds` / `encode_seconds`
     accumulate the time spent in each (synchronised on CUDA)."""
 
-    def __init__(self, autoencoder: torch.nn.Module, source: str = "") -> None:
+    def __init__(
+        self, autoencoder: torch.nn.Module, source: str = "", batch_size: int = 16
+    ) -> None:
         config = autoencoder.config
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.source = source
@@ -51,6 +54,7 @@ class VAE:
         self.downsample = 2 ** (len(config.block_out_channels) - 1)
         param = next(autoencoder.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.batch_size = batch_size  # latents per decode call
         self.decode_seconds = 0.0
         self.encode_seconds = 0.0
 
@@ -111,19 +115,33 @@ class VAE:
                 "the model was trained with"
             )
 
-    @torch.no_grad()
-    def decode(self, latents: Tensor, batch_size: int = 32) -> Tensor:
-        """Images [B, C, H * f, W * f] in [-1, 1] (float32, on the VAE's device) of model
-        latents, decoded `batch_size` at a time."""
+    def _decoded(self, latents: Tensor, batch_size: Optional[int]) -> Iterator[Tensor]:
+        """Images in [-1, 1] (float32, on the VAE's device), `batch_size` latents at a time."""
         self.check_latents(tuple(latents.shape[1:]))
-        start = time.perf_counter()
-        parts = []
-        for chunk in latents.split(batch_size):
+        size = batch_size or self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"the decode batch size must be a positive int, got {size!r}")
+        for chunk in latents.split(size):
             z = chunk.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
-            parts.append(self.autoencoder.decode(z).sample.float().clamp(-1, 1))
+            with torch.no_grad():
+                yield self.autoencoder.decode(z).sample.float().clamp(-1, 1)
+
+    def decode(self, latents: Tensor, batch_size: Optional[int] = None) -> Tensor:
+        """Images [B, C, H * f, W * f] in [-1, 1] (float32, on the VAE's device) of model
+        latents, decoded `batch_size` (default `self.batch_size`) at a time."""
+        start = time.perf_counter()
+        images = torch.cat(list(self._decoded(latents, batch_size)))
         _cuda_sync(self.device)
         self.decode_seconds += time.perf_counter() - start
-        return torch.cat(parts)
+        return images
+
+    def decode_uint8(self, latents: Tensor, batch_size: Optional[int] = None) -> np.ndarray:
+        """uint8 images [B, H, W, C] of model latents, each decoded chunk moved to the host
+        at once (so a large batch never holds its float images on the device together)."""
+        start = time.perf_counter()
+        images = np.concatenate([to_uint8(chunk) for chunk in self._decoded(latents, batch_size)])
+        self.decode_seconds += time.perf_counter() - start
+        return images
 
     @torch.no_grad()
     def encode(
@@ -185,10 +203,11 @@ def center_crop(image: Any, size: int) -> np.ndarray:
 
 class ImageSource:
     """Images with labels from an image folder (class subfolders, ImageNet-style: class ids in
-    sorted folder order; or a flat folder: unlabelled) or an ADM-style .npz (`arr_0` uint8
-    [N, H, W, 3], labels in `arr_1` or `labels` if present)."""
+    sorted folder order, or in the order of `classes`; or a flat folder: unlabelled) or an
+    ADM-style .npz (`arr_0` uint8 [N, H, W, 3], labels in `arr_1` or `labels` if present).
+    Hidden files and folders (".ipynb_checkpoints", "__MACOSX", ...) are skipped."""
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
         self.path = Path(path)
         self.files: list[Path] = []
         self.array: Optional[np.ndarray] = None
@@ -197,7 +216,7 @@ class ImageSource:
         if self.path.is_file() and self.path.suffix == ".npz":
             self._from_npz()
         elif self.path.is_dir():
-            self._from_folder()
+            self._from_folder(classes)
         else:
             raise FileNotFoundError(
                 f"no images at {self.path}: pass a folder of images (one subfolder per class) "
@@ -221,38 +240,52 @@ class ImageSource:
                 f"{self.array.shape}"
             )
 
-    def _from_folder(self) -> None:
+    def _from_folder(self, classes: Optional[Sequence[str]]) -> None:
+        def visible(p: Path) -> bool:
+            return not p.name.startswith((".", "__"))
+
         def images_in(folder: Path) -> list[Path]:
             return sorted(
-                p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in folder.iterdir()
+                if p.is_file() and visible(p) and p.suffix.lower() in IMAGE_SUFFIXES
             )
 
-        classes = sorted(p for p in self.path.iterdir() if p.is_dir())
-        if classes:
-            self.class_names = [p.name for p in classes]
-            labels = []
-            for index, folder in enumerate(classes):
-                found = images_in(folder)
-                self.files += found
-                labels += [index] * len(found)
-            self.labels = np.asarray(labels, dtype=np.int64)
-        else:
+        folders = sorted(p for p in self.path.iterdir() if p.is_dir() and visible(p))
+        if not folders:
             self.files = images_in(self.path)
+            return
+        self.class_names = list(classes) if classes is not None else [p.name for p in folders]
+        ids = {name: index for index, name in enumerate(self.class_names)}
+        unknown = [p.name for p in folders if p.name not in ids]
+        if unknown:
+            raise ValueError(
+                f"{self.path} has class folders that the class list does not name: "
+                f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+            )
+        labels = []
+        for folder in folders:
+            found = images_in(folder)
+            self.files += found
+            labels += [ids[folder.name]] * len(found)
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.array) if self.array is not None else len(self.files)
 
-    def batches(self, size: int, batch_size: int) -> Iterator[np.ndarray]:
-        """uint8 [B, size, size, 3] batches in order, cropped as `center_crop` does."""
+    def batches(self, size: int, batch_size: int, start: int = 0, stop: Optional[int] = None):
+        """uint8 [B, size, size, 3] batches of images start .. stop - 1 in order, cropped as
+        `center_crop` does."""
         from PIL import Image
 
-        for start in range(0, len(self), batch_size):
-            stop = min(len(self), start + batch_size)
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            last = min(stop, first + batch_size)
             if self.array is not None:
-                images = [Image.fromarray(a) for a in self.array[start:stop]]
+                images = [Image.fromarray(a) for a in self.array[first:last]]
             else:
                 images = []
-                for path in self.files[start:stop]:
+                for path in self.files[first:last]:
                     try:
                         with Image.open(path) as image:
                             image.load()
@@ -260,6 +293,28 @@ class ImageSource:
                         raise ValueError(f"cannot read the image {path} ({err})") from None
                     images.append(image)
             yield np.stack([center_crop(image, size) for image in images])
+
+
+def read_class_list(path: Union[str, Path]) -> list[str]:
+    """Class folder names in id order, one per line (blank lines and "#" comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no class list at {path}: a text file, one folder name a line")
+    names = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path} names a class twice")
+    return names
+
+
+def part_generator(seed: int, part: int, device: Union[str, torch.device]) -> torch.Generator:
+    """The generator of part `part` of an encode run: seeded from (seed, part) alone, so a
+    resumed run draws what an uninterrupted one would."""
+    digest = hashlib.sha256(f"nag_engine.encode:{seed}:{part}".encode()).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+ENCODE_MANIFEST = "encode.json"
 
 
 def encode_images(
@@ -271,42 +326,96 @@ def encode_images(
     batch_size: int = 32,
     mode: str = "sample",
     seed: int = 0,
+    classes: Optional[Sequence[str]] = None,
+    part_size: int = 10_000,
     device: Union[None, str, torch.device] = None,
     dtype: Optional[torch.dtype] = None,
     progress: bool = True,
-) -> Path:
-    """Encode the images of `source` (see `ImageSource`) with the VAE in `vae_folder` into an
-    .npz of training latents for `load_dataset("latents", path=out)`: `latents` float32
-    [N, C, size / f, size / f] (already times the scaling factor), `labels` int64 (when the
-    source has them), `class_names`, and the VAE's scale. Written atomically at the end."""
-    from .images import atomic_write_npz
+) -> dict[str, Any]:
+    """Encode the images of `source` (see `ImageSource`) with the VAE in `vae_folder` into
+    training latents for `load_dataset("latents", path=out)`: arrays `latents` float32
+    [N, C, size / f, size / f] (already times the scaling factor), `labels` int64 and
+    `class_names` (when the source has classes), and the VAE's scale.
+
+    `out` is an `.npz` (written atomically once every image is encoded) or a folder: parts of
+    `part_size` images written atomically as each completes, and a rerun of the same call
+    skips the parts on disk. The latents are the same either way (part k draws from its own
+    seeded generator). Returns a summary (images, latent shape, classes, parts written)."""
+    from .images import atomic_write_bytes, atomic_write_npz
 
     out = Path(out)
-    if out.suffix != ".npz":
-        raise ValueError(f"the output must be an .npz file, got {out}")
     if mode not in LATENT_MODES:
         raise ValueError(f"mode must be one of {LATENT_MODES}, got {mode!r}")
-    images = ImageSource(source)
+    if out.suffix not in (".npz", "") or (out.suffix == "" and out.is_file()):
+        raise ValueError(f"the output must be an .npz file or a folder, got {out}")
+    if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < 1:
+        raise ValueError(f"part_size must be a positive int, got {part_size!r}")
+    images = ImageSource(source, classes)
     vae = VAE.load(vae_folder, device=device, dtype=dtype)
     if size % vae.downsample:
-        raise ValueError(
-            f"size {size} is not a multiple of the VAE's downsampling {vae.downsample}"
-        )
-    generator = torch.Generator(vae.device).manual_seed(seed)
-    parts = []
-    with tqdm(total=len(images), desc="encoding", unit="image", disable=not progress) as bar:
-        for batch in images.batches(size, batch_size):
-            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            parts.append(vae.encode(pixels, mode=mode, generator=generator).numpy())
-            bar.update(len(batch))
-    arrays = {
-        "latents": np.concatenate(parts).astype(np.float32),
+        raise ValueError(f"size {size} is not a multiple of the VAE's factor {vae.downsample}")
+    extra = {
         "scaling_factor": np.float64(vae.scaling_factor),
         "image_size": np.int64(size),
         "vae": np.str_(str(vae_folder)),
     }
     if images.labels is not None:
-        arrays["labels"] = images.labels
-        arrays["class_names"] = np.asarray(images.class_names, dtype=np.str_)
-    atomic_write_npz(out, **arrays)
-    return out
+        extra["class_names"] = np.asarray(images.class_names, dtype=np.str_)
+    count = -(-len(images) // part_size)
+    folder = out.suffix == ""
+    if folder:  # the run's identity: a rerun resumes it, another run is refused
+        identity = {
+            "source": str(Path(source).resolve()),
+            "images": len(images),
+            "size": size,
+            "vae": str(Path(vae_folder).resolve()),
+            "mode": mode,
+            "seed": seed,
+            "part_size": part_size,
+            "class_names": images.class_names,
+        }
+        manifest = out / ENCODE_MANIFEST
+        if manifest.is_file():
+            previous = json.loads(manifest.read_text())
+            changed = sorted(k for k in identity if previous.get(k) != identity[k])
+            if changed:
+                raise ValueError(
+                    f"{out} holds another encode run (differs in {', '.join(changed)}); use a new "
+                    "folder, or delete this one to start over"
+                )
+        atomic_write_bytes(manifest, json.dumps(identity, indent=1).encode())
+    kept, written, shape = [], 0, None
+    with tqdm(total=len(images), desc="encoding", unit="image", disable=not progress) as bar:
+        for part in range(count):
+            lo, hi = part * part_size, min(len(images), (part + 1) * part_size)
+            path = out / f"part_{part:05d}.npz" if folder else None
+            if path is not None and path.is_file():
+                bar.update(hi - lo)
+                continue
+            generator = part_generator(seed, part, vae.device)
+            latents = []
+            for batch in images.batches(size, batch_size, lo, hi):
+                pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                latents.append(vae.encode(pixels, mode=mode, generator=generator).numpy())
+                bar.update(len(batch))
+            arrays = {"latents": np.concatenate(latents), **extra}
+            if images.labels is not None:
+                arrays["labels"] = images.labels[lo:hi]
+            shape = list(arrays["latents"].shape[1:])
+            if path is not None:
+                atomic_write_npz(path, **arrays)
+                written += 1
+            else:
+                kept.append(arrays)
+    if not folder:
+        whole = {"latents": np.concatenate([a["latents"] for a in kept]), **extra}
+        if images.labels is not None:
+            whole["labels"] = images.labels
+        atomic_write_npz(out, **whole)
+    return {
+        "images": len(images),
+        "latent_shape": shape,
+        "classes": len(images.class_names) if images.labels is not None else 0,
+        "parts_written": written if folder else None,
+        "parts_on_disk": count - written if folder else None,
+    }

@@ -246,3 +246,16 @@ def test_info_without_a_path_lists_the_backends(capsys):
     for name, why in backends.available().items():
         assert f"{name:<10} {why}" in text
     assert f"auto picks {backends.select('cpu')!r} for CPU tensors" in text
+
+
+def test_bad_devices_and_counts_get_a_clear_error(tmp_path, capsys):
+    out = str(tmp_path / "x.npz")
+    assert main(["sample", "--model", "ring-exact", "--device", "gpu", "--out", out]) == 2
+    assert "--device 'gpu': use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["sample", "--model", "ring-exact", "--device", "cuda", "--out", out]) == 2
+        assert "no CUDA device here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: "expected a positive integer, got 0"
+        main(["sample", "--model", "ring-exact", "--decode-batch-size", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()

@@ -213,8 +213,28 @@ def test_every_way_official_weights_arrive_converts_to_the_same_model(tmp_path, 
         assert not model.supports_noise_dropout
     # weights="model" takes the raw weights of a train.py checkpoint
     trained = tmp_path / "0000100.pt"
-    raw = state_dict_of(load_tensors(trained), trained, "model")
-    assert torch.equal(raw["pos_embed"], state["pos_embed"] + 1.0)
+    raw, entry = state_dict_of(load_tensors(trained), trained, "model")
+    assert entry == "model" and torch.equal(raw["pos_embed"], state["pos_embed"] + 1.0)
+
+
+def test_saved_training_arguments_must_agree_with_the_format(tmp_path, state):
+    """A train.py checkpoint says what it is: a DiT converted as SiT (or the reverse), or a SiT
+    of another path or prediction type, is refused instead of converted into a wrong model."""
+    out = tmp_path / "out.safetensors"
+    for args, fmt, message in (
+        (argparse.Namespace(model="DiT-XL/2"), "sit", "--format dit"),
+        (argparse.Namespace(model="SiT-XL/2", path_type="GVP"), "sit", "path_type='GVP'"),
+        (argparse.Namespace(model="SiT-XL/2", prediction="noise"), "sit", "prediction='noise'"),
+    ):
+        path = tmp_path / "ckpt.pt"
+        torch.save({"ema": state, "args": args}, path)
+        with pytest.raises(ConversionError, match=message):
+            convert_checkpoint(path, out, format=fmt, num_heads=HEADS)
+        assert not out.exists()
+    torch.save({"ema": state, "args": argparse.Namespace(model="SiT-XL/2")}, path)
+    convert_checkpoint(path, out, format="sit", num_heads=HEADS)
+    saved = ne.load_checkpoint(out).checkpoint_config["converted_from"]
+    assert saved["training_args"] == {"model": "SiT-XL/2"} and saved["weights"] == "ema"
 
 
 def test_a_converted_checkpoint_samples_and_refuses_nag_until_fine_tuned(tmp_path, state):

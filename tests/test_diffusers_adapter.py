@@ -13,8 +13,8 @@ from nag_engine.models import DiffusersDiT
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(scope="module")
-def transformer():
+@pytest.fixture
+def transformer():  # (a fresh model per test: a wrapper changes its model in place)
     torch.manual_seed(0)
     return diffusers.DiTTransformer2DModel(
         sample_size=8,

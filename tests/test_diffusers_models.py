@@ -177,6 +177,9 @@ def test_unsupported_schedulers_and_models_are_refused():
         DiffusersDenoiser(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="last class id"):
         DiffusersDenoiser.wrap(unet, null_class=2)
+    DiffusersDenoiser.wrap(unet)  # (the refusals above left the model unwrapped)
+    with pytest.raises(ValueError, match="already wrapped"):
+        DiffusersDenoiser.wrap(unet)
 
 
 def test_without_a_null_class_cfg_and_class_dropout_say_what_to_do():

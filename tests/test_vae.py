@@ -5,6 +5,7 @@ temp folder (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -13,7 +14,15 @@ import torch
 
 import nag_engine as ne
 from nag_engine.training import TrainConfig, Trainer, load_dataset
-from nag_engine.vae import VAE, ImageSource, center_crop, encode_images, to_uint8
+from nag_engine.vae import (
+    VAE,
+    ImageSource,
+    center_crop,
+    encode_images,
+    part_generator,
+    read_class_list,
+    to_uint8,
+)
 
 diffusers = pytest.importorskip("diffusers")
 Image = pytest.importorskip("PIL.Image")
@@ -68,7 +77,8 @@ def test_center_crop_is_adms_resize_then_centre_square():
 
 def test_encode_writes_what_the_vae_gives(tmp_path, vae_dir):
     images = save_image_folder(tmp_path / "images")
-    out = encode_images(images, tmp_path / "latents.npz", vae_dir, size=16, batch_size=4, seed=3)
+    out = tmp_path / "latents.npz"
+    encode_images(images, out, vae_dir, size=16, batch_size=4, seed=3)
     saved = np.load(out)
     assert saved["latents"].shape == (6, 4, 8, 8) and saved["latents"].dtype == np.float32
     assert saved["labels"].tolist() == [0, 0, 0, 1, 1, 1]
@@ -77,23 +87,66 @@ def test_encode_writes_what_the_vae_gives(tmp_path, vae_dir):
     # the same as the VAE's own encode of the cropped images, in the same batches and draws
     vae = VAE.load(vae_dir)
     source = ImageSource(images)
-    generator = torch.Generator().manual_seed(3)
+    generator = part_generator(3, 0, "cpu")  # (one part: 6 images)
     expected = []
     for batch in source.batches(16, 4):
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
         posterior = vae.autoencoder.encode(pixels).latent_dist
         expected.append(posterior.sample(generator=generator) * 0.5)
     torch.testing.assert_close(torch.from_numpy(saved["latents"]), torch.cat(expected))
-    again = encode_images(images, tmp_path / "again.npz", vae_dir, size=16, batch_size=4, seed=3)
-    assert np.array_equal(np.load(again)["latents"], saved["latents"])  # seeded: reproducible
+    encode_images(images, tmp_path / "again.npz", vae_dir, size=16, batch_size=4, seed=3)
+    again = np.load(tmp_path / "again.npz")["latents"]
+    assert np.array_equal(again, saved["latents"])  # seeded: reproducible
+
+
+def test_encode_into_parts_resumes_and_equals_the_single_file(tmp_path, vae_dir):
+    images = save_image_folder(tmp_path / "images", per_class=3)
+    whole = encode_images(images, tmp_path / "all.npz", vae_dir, size=16, part_size=4, seed=1)
+    assert whole == {
+        "images": 6,
+        "latent_shape": [4, 8, 8],
+        "classes": 2,
+        "parts_written": None,
+        "parts_on_disk": None,
+    }
+    parts = tmp_path / "parts"
+    first = encode_images(images, parts, vae_dir, size=16, part_size=4, seed=1)
+    assert (first["parts_written"], first["parts_on_disk"]) == (2, 0)
+    assert sorted(p.name for p in parts.iterdir()) == ["encode.json", "part_00000.npz",
+                                                       "part_00001.npz"]  # fmt: skip
+    reference = load_dataset("latents", path=str(tmp_path / "all.npz"))
+    split = load_dataset("latents", path=str(parts))
+    assert torch.equal(split.x, reference.x) and torch.equal(split.y, reference.y)
+    saved = (parts / "part_00001.npz").read_bytes()
+    (parts / "part_00001.npz").unlink()  # as if the run died before the last part
+    again = encode_images(images, parts, vae_dir, size=16, part_size=4, seed=1)
+    assert (again["parts_written"], again["parts_on_disk"]) == (1, 1)
+    assert np.array_equal(
+        np.load(parts / "part_00001.npz")["latents"], np.load(io.BytesIO(saved))["latents"]
+    )
+    with pytest.raises(ValueError, match="another encode run .*seed"):
+        encode_images(images, parts, vae_dir, size=16, part_size=4, seed=2)
+
+
+def test_class_lists_and_hidden_folders(tmp_path):
+    images = save_image_folder(tmp_path / "images", per_class=1, classes=("n02", "n05"))
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "images" / "__MACOSX").mkdir()
+    assert ImageSource(images).labels.tolist() == [0, 1]  # hidden folders are no classes
+    (tmp_path / "classes.txt").write_text("# ImageNet-style ids\nn01\nn02\nn03\nn04\nn05\n")
+    names = read_class_list(tmp_path / "classes.txt")
+    source = ImageSource(images, names)
+    assert source.labels.tolist() == [1, 4] and source.class_names == names
+    with pytest.raises(ValueError, match="n05"):
+        ImageSource(images, ["n01", "n02"])
 
 
 def test_encode_reads_an_adm_npz_and_takes_the_posterior_mean(tmp_path, vae_dir):
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
     np.savez(tmp_path / "ref.npz", arr_0=arr, arr_1=np.arange(5) % 2)
-    out = encode_images(tmp_path / "ref.npz", tmp_path / "l.npz", vae_dir, size=16, mode="mean")
-    saved = np.load(out)
+    encode_images(tmp_path / "ref.npz", tmp_path / "l.npz", vae_dir, size=16, mode="mean")
+    saved = np.load(tmp_path / "l.npz")
     vae = VAE.load(vae_dir)
     pixels = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
@@ -127,7 +180,7 @@ def test_bad_vae_folders_and_shapes_say_what_is_wrong(tmp_path, vae_dir):
         vae.decode(torch.randn(2, 3, 8, 8))
     with pytest.raises(FileNotFoundError, match="no images"):
         encode_images(tmp_path / "nothing", tmp_path / "o.npz", vae_dir)
-    with pytest.raises(ValueError, match=".npz"):
+    with pytest.raises(ValueError, match=".npz file or a folder"):
         encode_images(tmp_path, tmp_path / "o.pt", vae_dir)
 
 
@@ -167,6 +220,9 @@ def test_data_that_does_not_fit_the_model_is_refused_before_training(tmp_path):
     np.savez(tmp_path / "labels.npz", latents=np.zeros((4, 2, 8, 8), np.float32), labels=labels)
     with pytest.raises(ValueError, match=r"labels lie in \[0, 7\] but the model has 4 classes"):
         Trainer(model, load_dataset("latents", path=str(tmp_path / "labels.npz")), TrainConfig())
+    np.savez(tmp_path / "none.npz", latents=np.zeros((4, 2, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="has no labels: training would teach it the null class"):
+        Trainer(model, load_dataset("latents", path=str(tmp_path / "none.npz")), TrainConfig())
 
 
 def test_sample_to_disk_decodes_each_shard(tmp_path, vae_dir):

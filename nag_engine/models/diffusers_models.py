@@ -13,10 +13,14 @@ options (clip_sample, thresholding, timestep_spacing) are not part of the model:
 clips the predicted x0, and the spacing is the sampler's `spacing` option.
 
 NAG: the wrapper owns ONE vector in the network's timestep-embedding space, `null_noise`, and
-substitutes it for the timestep embedding on the rows where `drop_t` is set (for DiT, in every
-block's copy of the embedding; the blocks of a converted DiT share their weights). It means
-nothing until the model is fine-tuned with noise-condition dropout (`Trainer.finetune`), so
-`supports_noise_dropout` is False until then.
+substitutes it for the timestep embedding on the rows where `drop_t` is set (for DiT, for every
+block's own copy of the timestep embedder: one shared vector). It means nothing until the model
+is fine-tuned with noise-condition dropout (`Trainer.finetune`), so `supports_noise_dropout` is
+False until then.
+
+Wrapping changes the diffusers model in place: forward hooks on its timestep embedders (which
+substitute the null vector) and its label dropout turned off (class dropout is the trainer's
+`p_c`). Wrap a model once; a second wrapper of the same model is refused.
 
 Class conditioning: DiT's label table has a null row (class `num_embeds_ada_norm`) when it was
 trained with class dropout; a class-conditional UNet2DModel has none unless its last class id
@@ -26,6 +30,7 @@ was reserved for it (`null_class`). Without a null class there is no CFG and no 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,6 +39,7 @@ from torch import Tensor, nn
 
 from ..predictions import check_prediction
 from ..schedules import BETA_SCHEDULES, DiscreteVPSchedule, get_schedule
+from .embeddings import model_timestep
 
 SUPPORTED = ("UNet2DModel", "DiTTransformer2DModel")
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -115,6 +121,11 @@ class DiffusersDenoiser(nn.Module):
         kind = type(net).__name__
         if kind not in SUPPORTED:
             raise TypeError(f"DiffusersDenoiser wraps one of {SUPPORTED}, got {kind}")
+        if getattr(net, "_nag_engine_wrapped", False):
+            raise ValueError(
+                f"this {kind} is already wrapped by a DiffusersDenoiser (its hooks are in place): "
+                "use that wrapper, or wrap a copy (copy.deepcopy(model))"
+            )
         self.net = net
         self.kind = kind
         self.prediction = check_prediction(prediction)
@@ -130,9 +141,10 @@ class DiffusersDenoiser(nn.Module):
         self.num_classes, self.null_class = self._classes(config, null_class)
         # (sinusoidal projection, timestep embedder) pairs: one for a UNet, one per DiT block
         self._time_pairs = self._time_embedders()
-        width = self._time_pairs[0][1].linear_2.out_features
-        self.null_noise = nn.Parameter(torch.zeros(width))
+        last = self._time_pairs[0][1].linear_2
+        self.null_noise = nn.Parameter(torch.zeros(last.out_features, device=last.weight.device))
         self._drop_t: Optional[Tensor] = None
+        net._nag_engine_wrapped = True
         for _, embedder in self._time_pairs:
             embedder.register_forward_hook(self._substitute_null)
         for module in net.modules():  # class dropout is the trainer's (p_c), from its generator
@@ -241,12 +253,10 @@ class DiffusersDenoiser(nn.Module):
     def model_timestep(self, t: Tensor) -> Tensor:
         """The network's timestep tau = T t - 1 of our times t, snapped to the nearest integer
         within float32 rounding (a "learned" time embedding takes integers only: rounded)."""
-        tau = self.schedule_obj.timestep(t.to(torch.float64))
-        nearest = torch.round(tau)
-        tau = torch.where((tau - nearest).abs() <= 1e-3, nearest, tau)
+        tau = model_timestep(t, float(self.schedule_obj.num_steps), -1.0, 1e-3)
         if self.kind == "UNet2DModel" and self.net.config.time_embedding_type == "learned":
-            return nearest.clamp(0, self.schedule_obj.num_steps - 1).long()
-        return tau.to(torch.float32)
+            return torch.round(tau).clamp(0, self.schedule_obj.num_steps - 1).long()
+        return tau
 
     def _labels(self, y: Optional[Tensor], drop_y: Optional[Tensor], rows: int, device) -> Any:
         if self.num_classes is None:
@@ -363,6 +373,13 @@ def load_diffusers_folder(
             raise FileNotFoundError(f"no scheduler config at {found}")
     scheduler_config = _read_json(found) if found is not None else None
     prediction, schedule, notes = schedule_from_scheduler(scheduler_config)
+    if int(notes.get("steps_offset") or 0) != 0:
+        warnings.warn(
+            f"the scheduler's steps_offset={notes['steps_offset']} shifts diffusers' "
+            "'leading' timesteps up by that much; nag_engine's spacing='leading' does not, so "
+            "its grid sits one training timestep lower (use 'trailing' or 'adm' to compare)",
+            stacklevel=2,
+        )
     try:
         net = getattr(diffusers, kind).from_pretrained(str(model_dir), low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
@@ -387,9 +404,10 @@ def convert_diffusers_folder(
 ) -> Path:
     """Write a diffusers model folder as a nag_engine checkpoint (see `load_diffusers_folder`)."""
     from ..checkpoints import save_checkpoint
+    from ..training.losses import training_times
 
     model, notes = load_diffusers_folder(folder, scheduler=scheduler, null_class=null_class)
-    model.init_null_noise(_training_times(model))
+    model.init_null_noise(training_times(model.schedule_obj))
     config = {
         "schedule": model.schedule,
         "prediction": model.prediction,
@@ -406,8 +424,3 @@ def convert_diffusers_folder(
         },
     }
     return save_checkpoint(dst, model, config)
-
-
-def _training_times(model: DiffusersDenoiser) -> Tensor:
-    steps = model.schedule_obj.num_steps
-    return (torch.arange(steps, dtype=torch.float64) + 1.0) / steps

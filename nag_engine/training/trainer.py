@@ -349,16 +349,17 @@ def init_null_noise(model: nn.Module, config: TrainConfig) -> None:
         return
     if not hasattr(model, "init_null_noise"):
         raise ValueError(f"a {type(model).__name__} has no null noise embedding to fine-tune")
-    schedule = get_schedule(getattr(model, "schedule", "linear"))
-    times = training_times(
-        schedule, config.time_distribution, mean=config.time_mean, std=config.time_std
-    )
-    model.init_null_noise(times)
     if config.null_noise_init == "zero":
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith(("null_embedding", "null_noise")):
                     param.zero_()
+        return
+    schedule = get_schedule(getattr(model, "schedule", "linear"))
+    times = training_times(
+        schedule, config.time_distribution, mean=config.time_mean, std=config.time_std
+    )
+    model.init_null_noise(times)
 
 
 def check_data_fits(model: nn.Module, data: DataSet) -> None:
@@ -372,8 +373,14 @@ def check_data_fits(model: nn.Module, data: DataSet) -> None:
             "data to the model's input (for latents: the VAE's channels and image size / 8)"
         )
     classes = getattr(model, "num_classes", None)
-    if data.y is None or classes is None:  # an unconditional model ignores labels
+    if classes is None:  # an unconditional model ignores labels
         return
+    if data.y is None:
+        raise ValueError(
+            f"the model is class-conditional ({classes} classes) but the data "
+            f"({data.info.get('name', data.name)}) has no labels: training would teach it the "
+            "null class only; encode a labelled folder (one subfolder per class)"
+        )
     low, high = int(data.y.min()), int(data.y.max())
     if low < 0 or high >= classes:
         raise ValueError(
