@@ -938,7 +938,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("src", type=Path, help="checkpoint file (dit, sit) or folder (diffusers)")
     convert.add_argument("dst", type=Path, help="the nag_engine checkpoint to write (.safetensors)")
-    convert.add_argument("--format", required=True, choices=CONVERT_FORMATS)
+    convert.add_argument(
+        "--format",
+        required=True,
+        choices=CONVERT_FORMATS,
+        help="dit: facebookresearch/DiT; sit: willisma/SiT; diffusers: a model or pipeline folder",
+    )
     convert.add_argument(
         "--weights",
         default="ema",
@@ -977,7 +982,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("images", type=Path)
     encode.add_argument("out", type=Path)
-    encode.add_argument("--vae", type=Path, required=True, metavar="DIR")
+    encode.add_argument(
+        "--vae",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="a local diffusers AutoencoderKL folder (config.json + weights)",
+    )
     encode.add_argument("--size", type=positive_int, default=256, help="image size (default 256)")
     encode.add_argument("--batch-size", type=positive_int, default=32)
     encode.add_argument(
