@@ -193,29 +193,21 @@ def render(payload: dict[str, Any]) -> str:
     curve = [r for r in payload["init"] if r["step"] != "EMA"]
     ema = {r["init"]: r for r in payload["init"] if r["step"] == "EMA"}
     steps = sorted({r["step"] for r in curve})
-    table_rows = []
-    for label in INITS:
-        by_step = {r["step"]: r for r in curve if r["init"] == label}
-        table_rows.append(
-            {
-                "null init": label,
-                **{f"step {s}": by_step[s]["uncond"] for s in steps},
-                "EMA": ema[label]["uncond"],
-            }
-        )
     columns = ["null init"] + [f"step {s}" for s in steps] + ["EMA"]
-    uncond = markdown_table(table_rows, columns, {c: ".4f" for c in columns[1:]})
-    cond_rows = []
-    for label in INITS:
-        by_step = {r["step"]: r for r in curve if r["init"] == label}
-        cond_rows.append(
-            {
-                "null init": label,
-                **{f"step {s}": by_step[s]["cond"] for s in steps},
-                "EMA": ema[label]["cond"],
-            }
-        )
-    cond = markdown_table(cond_rows, columns, {c: ".4f" for c in columns[1:]})
+    tables = {}
+    for kind in ("uncond", "cond"):
+        rows = []
+        for label in INITS:
+            by_step = {r["step"]: r[kind] for r in curve if r["init"] == label}
+            rows.append(
+                {
+                    "null init": label,
+                    **{f"step {s}": by_step[s] for s in steps},
+                    "EMA": ema[label][kind],
+                }
+            )
+        tables[kind] = markdown_table(rows, columns, {c: ".4f" for c in columns[1:]})
+    uncond, cond = tables["uncond"], tables["cond"]
     cost = payload["cost"]
     reach = steps_to_reach(curve)
     params = markdown_table(

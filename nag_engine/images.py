@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import tempfile
@@ -59,6 +60,22 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def claim_run_folder(manifest: Union[str, Path], identity: dict, what: str) -> None:
+    """Resume only the same run in a folder: write `identity` as the folder's manifest (JSON)
+    when it has none, else refuse with the keys that differ from the one it holds."""
+    manifest = Path(manifest)
+    if not manifest.exists():
+        atomic_write_bytes(manifest, json.dumps(identity, indent=1).encode())
+        return
+    previous = json.loads(manifest.read_text())
+    changed = sorted(k for k in identity if previous.get(k) != identity[k])
+    if changed:
+        raise ValueError(
+            f"{manifest.parent} holds a different {what} (differs in {', '.join(changed)}); use a "
+            "new folder, or delete this one to start over"
+        )
 
 
 def atomic_write_npz(path: Union[str, Path], **arrays: np.ndarray) -> None:

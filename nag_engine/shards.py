@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .images import atomic_write_bytes, atomic_write_npz, encode_png
+from .images import atomic_write_npz, claim_run_folder, encode_png
 from .sampler import Sampler
 
 FORMATS = ("npz", "png")
@@ -147,17 +147,7 @@ def sample_to_disk(
     out_dir = Path(out_dir)  # made only once the arguments are known to be good
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        changed = sorted(k for k in identity if previous.get(k) != identity[k])
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a different run (differs in {', '.join(changed)}); use a new "
-                "folder, or delete this one to start over"
-            )
-    else:
-        atomic_write_bytes(manifest_path, json.dumps(identity, indent=1).encode())
+    claim_run_folder(out_dir / MANIFEST, identity, "run")
     _remove_leftovers(out_dir)
     shards = [_shard_path(out_dir, i, format) for i in range((n + shard_size - 1) // shard_size)]
     done = sum(min(shard_size, n - i * shard_size) for i, p in enumerate(shards) if p.exists())

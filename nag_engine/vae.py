@@ -341,7 +341,7 @@ def encode_images(
     `part_size` images written atomically as each completes, and a rerun of the same call
     skips the parts on disk. The latents are the same either way (part k draws from its own
     seeded generator). Returns a summary (images, latent shape, classes, parts written)."""
-    from .images import atomic_write_bytes, atomic_write_npz
+    from .images import atomic_write_npz, claim_run_folder
 
     out = Path(out)
     if mode not in LATENT_MODES:
@@ -374,16 +374,7 @@ def encode_images(
             "part_size": part_size,
             "class_names": images.class_names,
         }
-        manifest = out / ENCODE_MANIFEST
-        if manifest.is_file():
-            previous = json.loads(manifest.read_text())
-            changed = sorted(k for k in identity if previous.get(k) != identity[k])
-            if changed:
-                raise ValueError(
-                    f"{out} holds another encode run (differs in {', '.join(changed)}); use a new "
-                    "folder, or delete this one to start over"
-                )
-        atomic_write_bytes(manifest, json.dumps(identity, indent=1).encode())
+        claim_run_folder(out / ENCODE_MANIFEST, identity, "encode run")
     kept, written, shape = [], 0, None
     with tqdm(total=len(images), desc="encoding", unit="image", disable=not progress) as bar:
         for part in range(count):

@@ -11,22 +11,12 @@ import nag_engine as ne
 from nag_engine.models import DiffusersDiT
 
 diffusers = pytest.importorskip("diffusers")
+from test_diffusers_models import tiny_dit  # noqa: E402  (needs diffusers)
 
 
 @pytest.fixture
 def transformer():  # (a fresh model per test: a wrapper changes its model in place)
-    torch.manual_seed(0)
-    return diffusers.DiTTransformer2DModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_num_groups=8,
-    ).eval()
+    return tiny_dit()
 
 
 def test_forward_is_the_transformers_eps_half(transformer):

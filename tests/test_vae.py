@@ -124,7 +124,7 @@ def test_encode_into_parts_resumes_and_equals_the_single_file(tmp_path, vae_dir)
     assert np.array_equal(
         np.load(parts / "part_00001.npz")["latents"], np.load(io.BytesIO(saved))["latents"]
     )
-    with pytest.raises(ValueError, match="another encode run .*seed"):
+    with pytest.raises(ValueError, match="different encode run .*seed"):
         encode_images(images, parts, vae_dir, size=16, part_size=4, seed=2)
 
 
