@@ -699,12 +699,14 @@ def sample(
     """Draw n samples from `model` in `steps` solver steps with CFG and / or classifier-free NAG.
 
     `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: cfg_interval,
-    nag_interval, time_shift, t_max, sample_shape, eps_scaling ({"k", "b"}: Ning et al.),
-    time_shift_sampler ({"window", "data_variance", "candidates"}: Li et al.; see
-    nag_engine.corrections), classifier-based NAG (noise_estimator, classifier_nag_scale,
-    classifier_nag_interval; see nag_engine.classifier_nag), and the solver's own (eta for ddim,
-    diffusion / diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the
-    trajectory [steps + 1, n, ...] when `return_trajectory`.
+    nag_interval, time_shift, t_max, spacing ("uniform", or for a vp-discrete model the
+    reference samplers' timesteps: "adm", "leading", "trailing"), sample_shape, eps_scaling
+    ({"k", "b"}: Ning et al.), time_shift_sampler ({"window", "data_variance", "candidates"}: Li
+    et al.; see nag_engine.corrections), classifier-based NAG (noise_estimator,
+    classifier_nag_scale, classifier_nag_interval; see nag_engine.classifier_nag), and the
+    solver's own (eta for ddim, variance "small" / "large" for ddpm, diffusion /
+    diffusion_scale for euler-maruyama). Returns float32 samples [n, ...], and the trajectory
+    [steps + 1, n, ...] when `return_trajectory`.
 
     `parallel=dict(window=..., tolerance=...)` samples by Picard iteration instead
     (`nag_engine.parallel.ParallelSampler`, one-stage solvers) and returns (samples, stats)."""
