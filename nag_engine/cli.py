@@ -118,6 +118,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# the --device option of sample, train and encode (checked by resolve_device)
+DEVICE_OPTION = ("--device",)
+DEVICE_HELP = {"default": "auto", "help": "auto (CUDA where available), cpu, cuda, cuda:N"}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
     try:
@@ -836,9 +841,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--decode-batch-size", type=positive_int, default=16, help="latents per VAE decode call"
     )
-    sample.add_argument(
-        "--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N"
-    )
+    sample.add_argument(*DEVICE_OPTION, **DEVICE_HELP)
     sample.add_argument("--no-progress", action="store_true")
 
     analyze = commands.add_parser(
@@ -893,9 +896,7 @@ def _parser() -> argparse.ArgumentParser:
         help="train on latents written by `nag-engine encode` (.npz or a folder of them) "
         "instead of the preset's data",
     )
-    train.add_argument(
-        "--device", default="auto", help="auto (CUDA where available), cpu, cuda, cuda:N"
-    )
+    train.add_argument(*DEVICE_OPTION, **DEVICE_HELP)
     train.add_argument(
         "--config",
         type=Path,
@@ -1016,7 +1017,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("--seed", type=int, default=0)
     encode.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
-    encode.add_argument("--device", default="auto")
+    encode.add_argument(*DEVICE_OPTION, **DEVICE_HELP)
     encode.add_argument("--no-progress", action="store_true")
 
     info = commands.add_parser(
