@@ -4,8 +4,16 @@ Noise Awareness Guidance (NAG)."""
 from .checkpoints import load_checkpoint, save_checkpoint
 from .convert import convert_checkpoint
 from .guidance import Guidance, GuidancePlan
-from .parallel import ParallelSampler, ParallelStats
-from .sampler import NonFiniteStateError, SampleBatch, Sampler, StepInfo, sample
+from .parallel import ParallelResult, ParallelSampler, ParallelStats
+from .plan import SamplingPlan, make_plan
+from .sampler import (
+    NonFiniteStateError,
+    SampleBatch,
+    Sampler,
+    StepInfo,
+    sample,
+    sample_trajectory,
+)
 from .schedules import get_schedule, time_grid
 from .shards import load_shards, sample_to_disk
 
@@ -15,17 +23,21 @@ __all__ = [
     "Guidance",
     "GuidancePlan",
     "NonFiniteStateError",
+    "ParallelResult",
     "ParallelSampler",
     "ParallelStats",
     "SampleBatch",
     "Sampler",
+    "SamplingPlan",
     "StepInfo",
     "convert_checkpoint",
     "get_schedule",
     "load_checkpoint",
     "load_shards",
+    "make_plan",
     "sample",
     "sample_to_disk",
+    "sample_trajectory",
     "save_checkpoint",
     "time_grid",
 ]

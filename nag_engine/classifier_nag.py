@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from .guidance import _check_interval, _inside
+from .guidance import check_interval, inside
 from .predictions import conversion_coefficients
 from .schedules import Schedule
 
@@ -51,10 +51,10 @@ class ClassifierNAG:
             raise ValueError(f"classifier_nag_scale must be finite, got {scale}")
         self.estimator = estimator
         self.scale = float(scale)
-        self.interval = _check_interval("classifier_nag_interval", interval)
+        self.interval = check_interval("classifier_nag_interval", interval)
         coefficients = []
         for t in stage_times:
-            if not _inside(t, self.interval):
+            if not inside(t, self.interval):
                 coefficients.append(0.0)
                 continue
             _, b = conversion_coefficients("score", prediction, schedule, float(t))

@@ -27,12 +27,18 @@ def check_mode(mode: Mode) -> Mode:
 
 
 def static_reason(
-    device: torch.device, mode: Mode, *, classifier_nag: bool, time_shift_sampler: bool
+    device: torch.device,
+    mode: Mode,
+    *,
+    classifier_nag: bool,
+    time_shift_sampler: bool,
+    any_device: bool = False,
 ) -> Optional[str]:
-    """Why the sampler's stages cannot be captured at all, or None."""
+    """Why the sampler's stages cannot be captured at all, or None (`any_device`: a custom
+    graph runner captures on any device)."""
     if mode is False:
         return "cuda_graphs=False"
-    if device.type != "cuda":
+    if device.type != "cuda" and not any_device:
         return f"{device.type} tensors (CUDA graphs need a CUDA device)"
     if classifier_nag:
         return "classifier-based NAG runs the noise-level estimator's autograd every step"
@@ -59,16 +65,21 @@ class CudaGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.captured = 0
 
-    def capture(self, body: Callable[[], None], warmup: int = 2) -> Callable[[], None]:
+    def capture(
+        self, body: Callable[[], None], reset: Callable[[], None], warmup: int = 2
+    ) -> Callable[[], None]:
         """Run `body` `warmup` times on a side stream (lazy init, autotuning), capture it, and
-        return the replay."""
+        return the replay; `reset` runs before each (outside the graph), so every run of the
+        body starts from the same state."""
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(warmup):
+                reset()
                 body()
         current.wait_stream(side)
+        reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             body()

@@ -45,7 +45,7 @@ def _check_scale(name: str, value: float) -> float:
     return float(value)
 
 
-def _check_interval(name: str, interval: Interval) -> Interval:
+def check_interval(name: str, interval: Interval) -> Interval:
     if interval is None:
         return None
     try:
@@ -59,7 +59,7 @@ def _check_interval(name: str, interval: Interval) -> Interval:
     return (lo, hi)
 
 
-def _inside(t: float, interval: Interval) -> bool:
+def inside(t: float, interval: Interval) -> bool:
     return interval is None or interval[0] <= t <= interval[1]
 
 
@@ -77,8 +77,8 @@ class Guidance:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cfg_scale", _check_scale("cfg_scale", self.cfg_scale))
         object.__setattr__(self, "nag_scale", _check_scale("nag_scale", self.nag_scale))
-        object.__setattr__(self, "cfg_interval", _check_interval("cfg_interval", self.cfg_interval))
-        object.__setattr__(self, "nag_interval", _check_interval("nag_interval", self.nag_interval))
+        object.__setattr__(self, "cfg_interval", check_interval("cfg_interval", self.cfg_interval))
+        object.__setattr__(self, "nag_interval", check_interval("nag_interval", self.nag_interval))
 
     @property
     def uses_cfg(self) -> bool:
@@ -91,8 +91,8 @@ class Guidance:
     def passes_at(self, t: float) -> tuple[tuple[Pass, ...], tuple[float, ...]]:
         """The passes to run at time t (the conditional one first) and their weights."""
         s, n = self.cfg_scale, self.nag_scale
-        cfg = self.uses_cfg and _inside(t, self.cfg_interval)
-        nag = self.uses_nag and _inside(t, self.nag_interval)
+        cfg = self.uses_cfg and inside(t, self.cfg_interval)
+        nag = self.uses_nag and inside(t, self.nag_interval)
         passes, weights = [COND], [1.0 + (s - 1.0 if cfg else 0.0) + (n if nag else 0.0)]
         if cfg:
             passes.append(UNCOND_CLASS)
@@ -129,11 +129,21 @@ class GuidancePlan:
         """Each distinct tuple of passes once, in order of first use."""
         return list(dict.fromkeys(self.passes))
 
-    def weight_table(self, device: torch.device | str) -> torch.Tensor:
-        """float32 [evaluations, max_passes]; unused slots are zero."""
-        table = torch.zeros(len(self.weights), self.max_passes, dtype=torch.float64)
-        for k, w in enumerate(self.weights):
-            table[k, : len(w)] = torch.tensor(w, dtype=torch.float64)
+    def all_passes(self) -> tuple[Pass, ...]:
+        """Every pass any evaluation runs, once, in order of first use."""
+        return tuple(dict.fromkeys(p for passes in self.passes for p in passes))
+
+    def weight_table(self, device: torch.device | str, by_pass: bool = False) -> torch.Tensor:
+        """float32 [evaluations, max_passes]: row k holds the weights of `passes[k]` in order,
+        unused slots zero. With `by_pass`, [evaluations, len(all_passes())]: column j is the
+        weight of `all_passes()[j]` (zero where an evaluation does not run it)."""
+        columns = self.all_passes() if by_pass else None
+        table = torch.zeros(
+            len(self.weights), len(columns) if by_pass else self.max_passes, dtype=torch.float64
+        )
+        for k, (passes, weights) in enumerate(zip(self.passes, self.weights)):
+            for slot, (p, w) in enumerate(zip(passes, weights)):
+                table[k, columns.index(p) if by_pass else slot] = w
         return table.to(device=device, dtype=torch.float32)
 
 

@@ -19,10 +19,9 @@ sequential sampler. The inner iteration reads one small tensor back (the converg
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -30,20 +29,26 @@ from tqdm.auto import tqdm
 
 from . import backends
 from .noise import CounterNoise
-from .sampler import Sampler, _check_latents, _check_output, _check_positive_int
+from .plan import SamplingPlan, check_latents, check_positive_int, make_plan, noise_variances
 
 Tensor = torch.Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelStats:
     """What a parallel run cost, summed over its batches."""
 
-    iterations: int = 0  # Picard iterations: sequential rounds of (batched) model calls
-    model_evals: int = 0  # per-sample model evaluations: window points x passes, summed
-    sequential_evals: int = 0  # what the sequential sampler needs: steps x passes (per batch)
-    wall_time: float = 0.0  # seconds
-    per_batch_iterations: list[int] = field(default_factory=list)
+    iterations: int  # Picard iterations: sequential rounds of (batched) model calls
+    model_evals: int  # per-sample model evaluations: window points x passes, summed
+    sequential_evals: int  # what the sequential sampler needs: steps x passes (per batch)
+    wall_time: float  # seconds
+
+
+class ParallelResult(NamedTuple):
+    """What `ParallelSampler.run` returns."""
+
+    samples: Tensor  # float32 [n, *sample_shape]
+    stats: ParallelStats
 
 
 class ParallelSampler:
@@ -51,8 +56,8 @@ class ParallelSampler:
     options (one-stage solvers: euler, euler-maruyama, ddim, ddpm).
 
     `window`: steps evaluated together per iteration; `tolerance`: the convergence threshold
-    relative to each step's noise standard deviation. `sample` returns the samples; `stats`
-    holds the cost of the last call."""
+    relative to each step's noise standard deviation. `sample` returns the samples, `run` the
+    samples and what they cost (`ParallelStats`)."""
 
     def __init__(
         self,
@@ -63,37 +68,27 @@ class ParallelSampler:
         tolerance: float = 0.1,
         **options: Any,
     ) -> None:
-        self.window = _check_positive_int("window", window)
+        self.window = check_positive_int("window", window)
         if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
         self.tolerance = float(tolerance)
         for unsupported in ("noise_estimator", "classifier_nag_scale", "time_shift_sampler"):
             if options.get(unsupported):
                 raise ValueError(f"{unsupported} is not supported by the parallel sampler")
-        self.sampler = Sampler(model, steps, cuda_graphs=False, **options)
-        stages = self.sampler.stages
+        self.plan: SamplingPlan = make_plan(model, steps, cuda_graphs=False, **options)
+        stages = self.plan.stages
         if len(stages) != steps or not all(stages.keep) or stages.uses_g_prev:
             raise ValueError(
                 f"parallel sampling needs a one-stage solver (euler, euler-maruyama, ddim, "
-                f"ddpm); {self.sampler.solver!r} has {len(stages)} model evaluations for "
-                f"{steps} steps"
+                f"ddpm); {self.plan.solver!r} has {len(stages)} model evaluations for "
+                f"{steps} steps" + (" and reads the previous stage" if stages.uses_g_prev else "")
             )
-        self.steps = steps
-        dev = self.sampler.device
-        plan = self.sampler.plan
-        # every pass any step uses, run for every window point (weight 0 where a step skips it)
-        self.passes = list(dict.fromkeys(p for passes in plan.passes for p in passes))
-        weights = torch.zeros(steps, len(self.passes), dtype=torch.float64)
-        for j, (passes, w) in enumerate(zip(plan.passes, plan.weights)):
-            for p, value in zip(passes, w):
-                weights[j, self.passes.index(p)] = value
-        self._weights = weights.to(dev, torch.float32)
-        columns = stages.tensors(dev)
-        self._a, self._b, self._c = columns["a"], columns["b"], columns["c"]
-        self._variance = step_variances(self.sampler).to(dev, torch.float32)
-        self.picard_backend = backends.picard_backend(self.sampler.backend)
+        # every pass any step uses, run at every window point (weight 0 where a step skips it)
+        self.passes = self.plan.passes.all_passes()
+        self._weights = self.plan.passes.weight_table(self.plan.device, by_pass=True)
+        self._variance = noise_variances(self.plan).to(self.plan.device, torch.float32)
+        self.picard_backend = backends.picard_backend(self.plan.backend)
         self._picard = backends.picard_implementation(self.picard_backend)
-        self.stats = ParallelStats()
 
     def sample(
         self,
@@ -106,38 +101,62 @@ class ParallelSampler:
         progress: bool = True,
     ) -> Tensor:
         """Draw n samples (float32 [n, *sample_shape]), the same ones the sequential sampler
-        draws with this seed up to the tolerance; the cost is in `self.stats`."""
-        sampler = self.sampler
-        n = _check_positive_int("n", n)
-        batch_size = n if batch_size is None else _check_positive_int("batch_size", batch_size)
-        _check_latents(latents, n)
-        shape = sampler._resolve_shape(latents)
-        labels = sampler._check_labels(y, n)
-        noise = CounterNoise(seed, shape, sampler.device)
-        self.stats = ParallelStats()
+        draws with this seed up to the tolerance."""
+        return self.run(
+            n, y=y, seed=seed, latents=latents, batch_size=batch_size, progress=progress
+        ).samples
+
+    def run(
+        self,
+        n: int,
+        *,
+        y: Any = None,
+        seed: int = 0,
+        latents: Optional[Tensor] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = True,
+    ) -> ParallelResult:
+        """`sample`, and what it cost."""
+        plan = self.plan
+        n = check_positive_int("n", n)
+        batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
+        check_latents(latents, n)
+        shape = plan.resolve_shape(latents)
+        labels = plan.check_labels(y, n)
+        noise = CounterNoise(seed, shape, plan.device)
         start_time = time.perf_counter()
-        results = []
+        results, iterations, evals = [], 0, 0
         with tqdm(total=n, desc="parallel sampling", disable=not progress, leave=False) as bar:
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 init = latents[start:stop] if latents is not None else None
                 batch_labels = labels[start:stop] if labels is not None else None
-                results.append(self._sample_batch(start, stop, shape, noise, init, batch_labels))
+                x, used, evaluated = self._sample_batch(start, stop, noise, init, batch_labels)
+                results.append(x)
+                iterations, evals = iterations + used, evals + evaluated
                 bar.update(stop - start)
-        self.stats.wall_time = time.perf_counter() - start_time
-        return torch.cat(results)
+        batches, passes = len(results), len(self.passes)
+        stats = ParallelStats(
+            iterations=iterations,
+            model_evals=evals,
+            sequential_evals=batches * plan.steps * passes,
+            wall_time=time.perf_counter() - start_time,
+        )
+        return ParallelResult(torch.cat(results), stats)
 
     @torch.no_grad()
-    def _sample_batch(self, start, stop, shape, noise, init, labels) -> Tensor:
-        sampler, steps, window = self.sampler, self.steps, self.window
-        dev, passes = sampler.device, len(self.passes)
-        index = torch.arange(start, stop, device=dev)
-        x0 = init.to(dev, torch.float32) if init is not None else noise.normal(index, 0)
+    def _sample_batch(self, start, stop, noise, init, labels) -> tuple[Tensor, int, int]:
+        """(samples, Picard iterations, per-sample model evaluations) of one batch."""
+        plan, steps, window = self.plan, self.plan.steps, self.window
+        tables, passes = plan.tables, len(self.passes)
+        index = torch.arange(start, stop, device=plan.device)
+        x0 = init.to(plan.device, torch.float32) if init is not None else noise.normal(index, 0)
         traj = x0.unsqueeze(0).repeat(steps + 1, *([1] * x0.ndim))  # [T + 1, B, ...]
         z = None
-        if sampler.stages.stochastic:  # stream j + 1 for step j, as in the sequential sampler
+        if plan.stages.stochastic:  # stream j + 1 for step j, as in the sequential sampler
             z = torch.stack([noise.normal(index, j + 1) for j in range(steps)])
-        flags = sampler._drop_flags(tuple(self.passes), stop - start, labels is not None)
+        flags = plan.drop_flags(self.passes, stop - start, labels is not None)
+        coef = {name: tables.coef[:, backends.COEF_COLUMNS.index(name)] for name in "abc"}
         thresholds = self.tolerance**2 * self._variance
         begin, iterations, evals = 0, 0, 0
         while begin < steps:
@@ -147,9 +166,9 @@ class ParallelSampler:
             change = self._picard(  # traj[begin + 1 : end + 1] updated in place
                 out,
                 self._weights[begin:end],
-                self._a[begin:end],
-                self._b[begin:end],
-                self._c[begin:end],
+                coef["a"][begin:end],
+                coef["b"][begin:end],
+                coef["c"][begin:end],
                 traj[begin : end + 1],
                 None if z is None else z[begin:end],
             ).amax(1)  # the worst sample of each step
@@ -161,29 +180,24 @@ class ParallelSampler:
             if new_end > end:  # points entering the window start from the latest estimate
                 traj[end + 1 : new_end + 1] = traj[end]
             begin = new_begin
-        self.stats.iterations += iterations
-        self.stats.model_evals += evals
-        self.stats.sequential_evals += steps * passes
-        self.stats.per_batch_iterations.append(iterations)
-        return traj[steps].clone()
+        return traj[steps].clone(), iterations, evals
 
     def _model_outputs(self, xs, begin, end, labels, flags) -> Tensor:
         """The model outputs [L, P, B, ...] at the window points xs [L, B, ...]: all passes of
-        all points in one forward (`flags`: the sampler's drop-flag rows of one point)."""
-        sampler = self.sampler
+        all points in one forward (`flags`: the drop-flag rows of one point)."""
+        plan = self.plan
         length, batch = xs.shape[0], xs.shape[1]
         passes = len(self.passes)
         rows = length * passes * batch
         x_in = xs.unsqueeze(1).expand(length, passes, *xs.shape[1:]).reshape(rows, *xs.shape[2:])
-        t_in = sampler._times[begin:end].view(length, 1, 1).expand(length, passes, batch)
+        t_in = plan.tables.times[begin:end].view(length, 1, 1).expand(length, passes, batch)
         y_in = None
         if labels is not None:
             y_in = labels.view(1, 1, batch).expand(length, passes, batch).reshape(rows)
         drop_t, drop_y = (None if f is None else f.repeat(length) for f in flags)
-        x_in = x_in.to(sampler.dtype)
-        with sampler._autocast():
-            out = sampler._forward(x_in, t_in.reshape(rows), y_in, drop_t=drop_t, drop_y=drop_y)
-        _check_output(out, x_in)
+        x_in = x_in.to(plan.dtype)
+        with plan.autocast():
+            out = plan.evaluate(x_in, t_in.reshape(rows), y_in, drop_t, drop_y)
         return out.view(length, passes, *xs.shape[1:])
 
 
@@ -212,18 +226,3 @@ def picard_update_reference(
     change = (new - xs[1:]).square().flatten(2).mean(2)
     xs[1:] = new
     return change
-
-
-def step_variances(sampler: Sampler) -> Tensor:
-    """float64 [steps]: each step's noise variance c_j^2, or for a deterministic step the
-    variance the forward process adds between its two times,
-    sigma(t_j)^2 - (alpha(t_j) / alpha(t_{j+1}))^2 sigma(t_{j+1})^2."""
-    schedule, grid = sampler.schedule, sampler.grid.to(torch.float64)
-    hi, lo = grid[:-1], grid[1:]
-    alpha_hi, alpha_lo = schedule.alpha(hi), schedule.alpha(lo)
-    forward = schedule.sigma(hi) ** 2 - (alpha_hi / alpha_lo) ** 2 * schedule.sigma(lo) ** 2
-    c = torch.tensor(sampler.stages.c, dtype=torch.float64)
-    variance = torch.where(c != 0, c**2, forward.clamp_min(0.0))
-    if not bool(torch.isfinite(variance).all()) or math.isclose(float(variance.max()), 0.0):
-        raise ValueError("the schedule gives no usable per-step noise variance for the tolerance")
-    return variance

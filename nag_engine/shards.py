@@ -141,9 +141,9 @@ def sample_to_disk(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
-    labels = sampler._check_labels(y, n)
+    labels = sampler.plan.check_labels(y, n)
     if decoder is not None:
-        decoder.check_latents(sampler._resolve_shape(None))
+        decoder.check_latents(sampler.plan.resolve_shape())
     out_dir = Path(out_dir)  # made only once the arguments are known to be good
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)

@@ -109,16 +109,8 @@ def test_ddim_reproduces_the_official_ddim_sample_loop(state, dit, respacing, sp
     y = torch.tensor([0, 1, 2, 3])
     noise = torch.randn(N, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     expected = adm_ddim_sample_loop(_official_eps(state, y), noise, respacing, return_all=True)
-    got, trajectory = ne.sample(
-        dit,
-        N,
-        50,
-        y=y,
-        solver="ddim",
-        spacing=spacing,
-        latents=noise,
-        return_trajectory=True,
-        progress=False,
+    trajectory = ne.sample_trajectory(
+        dit, N, 50, y=y, solver="ddim", spacing=spacing, latents=noise, progress=False
     )
     assert trajectory.shape[0] == len(expected) == 51
     for ours, theirs in zip(trajectory, expected):

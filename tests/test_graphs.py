@@ -18,20 +18,20 @@ class FakeGraphs:
     def __init__(self, fail: Exception | None = None):
         self.captured, self.fail = 0, fail
 
-    def capture(self, body, warmup=2):
+    def capture(self, body, reset, warmup=2):
         if self.fail is not None:
             raise self.fail
         for _ in range(warmup):
+            reset()
             body()
+        reset()
         self.captured += 1
         return body
 
 
-def graphed(sampler, runner=None):
-    """Let a CPU sampler take its graph path through a fake runner."""
-    sampler.graph_reason = None
-    sampler._graph_runner = runner or FakeGraphs()
-    return sampler
+def graphed(model, steps, runner=None, **options):
+    """A CPU sampler that takes its graph path through a fake runner."""
+    return ne.Sampler(model, steps, graph_runner=runner or FakeGraphs(), **options)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,10 @@ def test_the_captured_stage_gives_the_eager_samples(mixture, case):
     kw = dict(y=y, seed=7, batch_size=8, progress=False)
     eager = ne.Sampler(mixture, 9, **CASES[case])
     runner = FakeGraphs()
-    sampler = graphed(ne.Sampler(mixture, 9, **CASES[case]), runner)
+    sampler = graphed(mixture, 9, runner, **CASES[case])
     expected = eager.sample(21, **kw)
     torch.testing.assert_close(sampler.sample(21, **kw), expected, rtol=0, atol=0)
-    pass_sets = len(sampler.plan.distinct_pass_sets())
+    pass_sets = len(sampler.plan.passes.distinct_pass_sets())
     assert runner.captured == 2 * pass_sets  # batch shapes 8 and 5
     # replayed for a new seed: the seed lives on the device, nothing is captured again
     torch.testing.assert_close(
@@ -78,7 +78,7 @@ def test_the_captured_path_reads_nothing_back_per_step(monkeypatch):
     )
     counts = []
     for steps in (3, 12):
-        sampler = graphed(ne.Sampler(model, steps, cfg_scale=2.0, nag_scale=1.0, solver="ddpm"))
+        sampler = graphed(model, steps, cfg_scale=2.0, nag_scale=1.0, solver="ddpm")
         reads = {"n": 0}
         for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
             original = getattr(torch.Tensor, name)
@@ -125,29 +125,29 @@ def test_the_decision_and_its_reasons(mixture):
 
 
 def test_calls_that_need_the_host_every_step_run_eagerly(mixture):
-    sampler = graphed(ne.Sampler(mixture, 4, solver="heun"))
+    runner = FakeGraphs()
+    sampler = graphed(mixture, 4, runner, solver="heun")
     eager = ne.Sampler(mixture, 4, solver="heun")
     steps = []
     got = sampler.sample(6, seed=1, progress=False, callback=lambda info: steps.append(info.step))
-    assert steps == [0, 1, 2, 3] and sampler._graph_runner.captured == 0
+    assert steps == [0, 1, 2, 3] and runner.captured == 0
     assert "last call ran eagerly: a callback" in sampler.graph_status()
     torch.testing.assert_close(got, eager.sample(6, seed=1, progress=False), rtol=0, atol=0)
-    x, traj = sampler.sample(6, seed=1, progress=False, return_trajectory=True)
+    traj = sampler.trajectory(6, seed=1, progress=False)
     assert traj.shape == (5, 6, 2) and "trajectory" in sampler.graph_status()
-    sampler.cuda_graphs = True
+    strict = graphed(mixture, 4, solver="heun", cuda_graphs=True)
     with pytest.raises(RuntimeError, match="callback"):
-        sampler.sample(6, progress=False, callback=lambda info: None)
+        strict.sample(6, progress=False, callback=lambda info: None)
 
 
 def test_a_failed_capture_falls_back_or_fails_loudly(mixture):
     failure = RuntimeError("operation not permitted when stream is capturing")
-    sampler = graphed(ne.Sampler(mixture, 4), FakeGraphs(fail=failure))
+    sampler = graphed(mixture, 4, FakeGraphs(fail=failure))
     with pytest.warns(UserWarning, match="capturing the step failed"):
         got = sampler.sample(6, seed=2, progress=False)
     torch.testing.assert_close(got, ne.Sampler(mixture, 4).sample(6, seed=2, progress=False))
     assert "eager: capturing the step failed" in sampler.graph_status()
-    strict = graphed(ne.Sampler(mixture, 4), FakeGraphs(fail=failure))
-    strict.cuda_graphs = True
+    strict = graphed(mixture, 4, FakeGraphs(fail=failure), cuda_graphs=True)
     with pytest.raises(RuntimeError, match="cuda_graphs=True, but capturing the step failed"):
         strict.sample(6, progress=False)
 
@@ -159,7 +159,7 @@ def test_a_compiled_forward_gives_the_same_samples(mixture):
     model = MLPDenoiser(2, hidden=16, depth=1, num_classes=4).eval()
     kw = dict(cfg_scale=2.0, nag_scale=0.5)
     eager = ne.Sampler(model, 4, **kw).sample(8, y=1, seed=3, progress=False)
-    compiled = graphed(ne.Sampler(model, 4, compile={"backend": "eager"}, **kw))
+    compiled = graphed(model, 4, compile={"backend": "eager"}, **kw)
     torch.testing.assert_close(compiled.sample(8, y=1, seed=3, progress=False), eager)
     with pytest.raises(TypeError, match="compile must be"):
         ne.Sampler(model, 4, compile="max-autotune")

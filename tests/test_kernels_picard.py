@@ -71,12 +71,19 @@ def test_bad_input_is_refused():
 def test_a_parallel_run_through_the_kernel_equals_the_reference_run(solver):
     model = ring_mixture(8, num_classes=4, time_points=64)
     runs = []
-    for fn in (picard_update, picard_update_reference):
+    for backend in ("triton", "reference"):  # the Picard update follows the step's backend
         runner = ParallelSampler(
-            model, 10, window=4, tolerance=0.1, solver=solver, cfg_scale=2.0, nag_scale=0.5
+            model,
+            10,
+            window=4,
+            tolerance=0.1,
+            solver=solver,
+            cfg_scale=2.0,
+            nag_scale=0.5,
+            backend=backend,
         )
-        runner._picard = fn
-        x = runner.sample(16, y=torch.arange(16) % 4, seed=2, progress=False)
-        runs.append((x, runner.stats.iterations))
+        assert runner.picard_backend == backend
+        x, stats = runner.run(16, y=torch.arange(16) % 4, seed=2, progress=False)
+        runs.append((x, stats.iterations))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
     assert runs[0][1] == runs[1][1]

@@ -46,8 +46,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_samples(mixture):
     y = torch.arange(40) % 4
     expected = Sampler(mixture, 6, **KW).sample(40, y=y, seed=5, progress=False)
     sampler = Sampler(Flaky(mixture, max_rows=3 * 5), 6, **KW)  # 3 passes: 5 samples fit
-    got = sampler.sample(40, y=y, seed=5, batch_size=16, progress=False)
-    assert sampler.batch_size == 4  # 16 -> 8 -> 4
+    batches = list(sampler.stream(40, y=y, seed=5, batch_size=16, progress=False))
+    assert [len(b.samples) for b in batches] == [4] * 10  # 16 -> 8 -> 4, and 4 from then on
+    got = torch.cat([b.samples for b in batches])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     with pytest.raises(torch.cuda.OutOfMemoryError):  # even one sample does not fit
         Sampler(Flaky(mixture, max_rows=2), 6, **KW).sample(3, y=1, progress=False)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import nag_engine as ne
 from nag_engine.models import MLPDenoiser, ring_mixture
-from nag_engine.parallel import ParallelSampler, step_variances
+from nag_engine.parallel import ParallelSampler
+from nag_engine.plan import noise_variances
 
 GUIDED = dict(cfg_scale=2.0, nag_scale=0.5)
 
@@ -27,8 +28,7 @@ def sequential(model, steps, n=48, **kw):
 
 def parallel(model, steps, n=48, window=8, tolerance=0.0, **kw):
     runner = ParallelSampler(model, steps, window=window, tolerance=tolerance, **kw)
-    x = runner.sample(n, y=torch.arange(n) % 4, seed=5, progress=False)
-    return x, runner.stats
+    return runner.run(n, y=torch.arange(n) % 4, seed=5, progress=False)
 
 
 @pytest.mark.parametrize("solver", ["euler", "ddim", "euler-maruyama", "ddpm"])
@@ -89,7 +89,7 @@ def test_a_network_and_the_function_api():
     torch.manual_seed(0)
     model = MLPDenoiser(2, hidden=32, depth=2, num_classes=4).eval()
     expected = sequential(model, 8, solver="euler", **GUIDED)
-    x, stats = ne.sample(
+    x = ne.sample(
         model,
         48,
         8,
@@ -100,7 +100,8 @@ def test_a_network_and_the_function_api():
         parallel=dict(window=8, tolerance=0.0),
         **GUIDED,
     )
-    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)  # sample() returns a Tensor
+    _, stats = parallel(model, 8, solver="euler", **GUIDED)
     assert isinstance(stats, ne.ParallelStats) and stats.wall_time > 0
 
 
@@ -116,9 +117,9 @@ def test_one_read_back_per_iteration(mixture, monkeypatch):
             return _original(self)
 
         monkeypatch.setattr(torch.Tensor, "__int__", counting)
-        runner.sample(4, seed=1, progress=False)
+        _, stats = runner.run(4, seed=1, progress=False)
         monkeypatch.undo()
-        counts.append(reads["n"] - runner.stats.iterations)
+        counts.append(reads["n"] - stats.iterations)
     assert counts[0] == counts[1]  # everything else is per call, not per iteration
 
 
@@ -131,5 +132,5 @@ def test_bad_input(mixture):
         ParallelSampler(mixture, 5, tolerance=-1)
     with pytest.raises(ValueError, match="callback"):
         ne.sample(mixture, 4, 5, parallel={}, callback=lambda info: None)
-    variances = step_variances(ne.Sampler(mixture, 5))
+    variances = noise_variances(ne.Sampler(mixture, 5).plan)
     assert variances.shape == (5,) and (variances > 0).all()

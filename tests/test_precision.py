@@ -54,11 +54,11 @@ def test_times_and_coefficients_are_never_rounded_to_the_model_dtype(mixture, dt
     spy = Spy(mixture)
     sampler = ne.Sampler(spy, 7, solver="heun", dtype=dtype, time_shift=3.0)
     sampler.sample(5, progress=False)
-    wanted = ne.sampler._DTYPES[dtype]
+    wanted = ne.dtypes.dtype_from_name(dtype)
     assert {s[0] for s in spy.seen} == {wanted}  # the model input is in the model's dtype
     assert {s[1] for s in spy.seen} == {torch.float32}  # its times are not
     expected = torch.tensor(sampler.stages.t, dtype=torch.float64).float()
     assert torch.equal(torch.tensor([s[2] for s in spy.seen]), expected)
-    assert sampler._coef_table.dtype == sampler._weight_table.dtype == torch.float32
+    assert sampler.plan.tables.coef.dtype == sampler.plan.tables.weights.dtype == torch.float32
     # and the float32 times differ from what the model dtype would have made of them
     assert not torch.equal(expected, expected.to(wanted).float())

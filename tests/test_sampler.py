@@ -8,6 +8,7 @@ import torch
 from conftest import randomized
 
 import nag_engine as ne
+import nag_engine.sampler
 from nag_engine.models import DiT, FunctionDenoiser, MLPDenoiser, ring_mixture
 from nag_engine.noise import CounterNoise
 
@@ -51,16 +52,9 @@ def test_default_latents_are_the_counter_noise_of_the_seed(mixture):
 
 def test_trajectory_starts_at_the_latents_and_ends_at_the_samples(mixture):
     latents = torch.randn(12, 2)
-    x, traj = ne.sample(
-        mixture,
-        12,
-        6,
-        solver="heun",
-        latents=latents,
-        return_trajectory=True,
-        progress=False,
-        batch_size=5,
-    )
+    kw = dict(solver="heun", latents=latents, progress=False, batch_size=5)
+    traj = ne.sample_trajectory(mixture, 12, 6, **kw)
+    x = ne.sample(mixture, 12, 6, **kw)
     assert traj.shape == (7, 12, 2)
     assert torch.equal(traj[0], latents) and torch.equal(traj[-1], x)
 
@@ -82,15 +76,8 @@ def test_callback_sees_every_step(mixture):
             )
         )
 
-    x, traj = ne.sample(
-        mixture,
-        8,
-        4,
-        solver="heun",
-        latents=latents,
-        callback=callback,
-        return_trajectory=True,
-        progress=False,
+    traj = ne.sample_trajectory(
+        mixture, 8, 4, solver="heun", latents=latents, callback=callback, progress=False
     )
     grid = ne.time_grid(4)
     assert [s[0] for s in seen] == [0, 1, 2, 3]
@@ -114,15 +101,19 @@ def test_callback_prediction_is_the_model_output_at_the_step_start(mixture):
         torch.testing.assert_close(prediction, mixture(x, torch.full((8,), t)))
 
 
-def test_sampler_object_is_reusable_and_keeps_its_buffers(mixture):
+def test_sampler_object_is_reusable_and_keeps_its_buffers(mixture, monkeypatch):
+    made = []
+    original = nag_engine.sampler.make_buffers
+    monkeypatch.setattr(
+        nag_engine.sampler, "make_buffers", lambda *a: made.append(a[1:]) or original(*a)
+    )
     sampler = ne.Sampler(mixture, 6, solver="ddim", eta=0.5, nag_scale=0.3)
-    first = sampler.sample(16, seed=1, progress=False)
-    buffers = dict(sampler._buffers)
-    second = sampler.sample(16, seed=1, progress=False)
-    assert torch.equal(first, second)
-    assert sampler._buffers.keys() == buffers.keys()
-    for key, bufs in sampler._buffers.items():
-        assert bufs["x_in"].data_ptr() == buffers[key]["x_in"].data_ptr()
+    first = sampler.sample(16, seed=1, progress=False, batch_size=10)
+    assert made == [(10, (2,), False), (6, (2,), False)]
+    second = sampler.sample(16, seed=1, progress=False, batch_size=10)
+    assert torch.equal(first, second) and len(made) == 2  # the same buffers served again
+    sampler.sample(4, seed=1, progress=False)
+    assert made[2:] == [(4, (2,), False)]
 
 
 def _count_calls(monkeypatch, target, name):

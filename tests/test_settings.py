@@ -30,7 +30,7 @@ def test_every_setting_builds_a_sampler_with_the_intended_options():
         assert sampler.guidance.cfg_scale == (3.0 if "cfg" in parts else 1.0)
         assert sampler.guidance.nag_scale == (0.7 if "nag" in parts else 0.0)
         assert sampler.classifier_nag_scale == (0.2 if "cnag" in parts else 0.0)
-        assert (sampler._time_shift is not None) == (name == "time-shift")
+        assert (sampler.plan.time_shift is not None) == (name == "time-shift")
     with pytest.raises(ValueError, match="unknown setting"):
         setting_options("cfg++", scales)
     with pytest.raises(ValueError, match="estimator"):

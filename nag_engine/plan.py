@@ -1,0 +1,388 @@
+"""The sampling plan: everything about a sampling run that is fixed before the first step.
+
+`make_plan` checks the options once and builds an immutable `SamplingPlan`: the time grid, the
+solver's stage table, the guidance plan (which passes run at each stage, with which weights),
+the device tables the fused step reads, the model's forward (with any correction wrapped
+around it) and the policy for CUDA graphs. The executors -- `nag_engine.sampler` (sequential,
+eager or CUDA graphs), `nag_engine.parallel` (Picard iteration) and `nag_engine.shards` (the
+resumable writer) -- only run a plan; none of them decides anything the plan already fixed.
+See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from . import backends, graphs
+from .classifier_nag import ClassifierNAG
+from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
+from .dtypes import resolve_dtype
+from .guidance import Guidance, GuidancePlan, Pass
+from .predictions import check_prediction
+from .schedules import SPACINGS, Schedule, get_schedule, time_grid
+from .solvers import StageTable, build_stages
+
+Tensor = torch.Tensor
+
+EPS_LOG_SNR_MIN = -11.0
+
+
+# ---------------------------------------------------------------------- argument checks
+def check_positive_int(name: str, value: Any) -> int:
+    """value, if it is an int > 0; else a TypeError / ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for error messages."""
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def check_latents(latents: Any, n: int) -> None:
+    """latents, when given, must be a tensor [n, ...] (a batch of initial states)."""
+    if latents is not None:
+        if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
+            raise ValueError(f"latents must be a tensor [n={n}, ...], got {describe(latents)}")
+
+
+def check_output(out: Any, x_in: Tensor) -> None:
+    """The model's output must be a tensor of its input's shape."""
+    if not isinstance(out, Tensor) or out.shape != x_in.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"model output has shape {got}, expected {tuple(x_in.shape)} (the shape of its input x)"
+        )
+
+
+# ---------------------------------------------------------------------- the time grid
+def default_t_max(schedule: Schedule, prediction: str) -> float:
+    """Where sampling starts: t = 1, except for eps / score models on schedules whose log-SNR at
+    t = 1 is below EPS_LOG_SNR_MIN (-11; x0 = (x - sigma eps) / alpha is ill-posed as alpha -> 0):
+    those start where the log-SNR is -11 (DDPM's own linear schedule ends at -10.05)."""
+    if prediction in ("eps", "score") and float(schedule.log_snr(1.0)) < EPS_LOG_SNR_MIN:
+        return float(schedule.t_from_log_snr(EPS_LOG_SNR_MIN))
+    return 1.0
+
+
+def respaced_grid(
+    schedule: Schedule, steps: int, spacing: str, time_shift: float, t_max: Optional[float]
+) -> Tensor:
+    """The grid of a discrete-time schedule's respaced sampler ("adm", "leading", "trailing":
+    the training timesteps the reference code visits, see `DiscreteVPSchedule.respaced`)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}: choose one of {SPACINGS}")
+    if not hasattr(schedule, "respaced"):
+        raise ValueError(
+            f"spacing={spacing!r} picks training timesteps of a discrete-time schedule, but the "
+            f"schedule is {schedule.name!r}; use spacing='uniform' or schedule='vp-discrete'"
+        )
+    if time_shift != 1.0 or t_max is not None:
+        raise ValueError(
+            f"spacing={spacing!r} fixes the grid; time_shift and t_max apply to "
+            "spacing='uniform' only"
+        )
+    return schedule.respaced(check_positive_int("steps", steps), spacing)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter or buffer lives (CPU for a model without tensors)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _same_device(device: torch.device, model: nn.Module) -> bool:
+    """Whether sampling on `device` matches where the model lives (a model without tensors
+    runs anywhere; "cuda" matches the current CUDA device)."""
+    if next(iter(list(model.parameters()) + list(model.buffers())), None) is None:
+        return True
+    where = model_device(model)
+    if where.type != device.type:
+        return False
+    return device.index is None or where.index == device.index
+
+
+# ---------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class StepTables:
+    """The device tables the fused step reads at the device-side stage counter."""
+
+    coef: Tensor  # float32 [stages, len(COEF_COLUMNS)]
+    weights: Tensor  # float32 [stages, max passes]
+    times: Tensor  # float32 [stages]: the time of each model evaluation
+    keep: Tensor  # bool [stages]: does the stage end a step?
+    step_of_stage: Tensor  # long [stages]: the step each stage belongs to
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """One model and one configuration, checked and laid out for the executors."""
+
+    model: nn.Module
+    forward: Callable[..., Tensor]  # the model, with eps scaling / torch.compile around it
+    prediction: str
+    schedule: Schedule
+    guidance: Guidance
+    solver: str
+    steps: int
+    grid: Tensor  # float64 [steps + 1], from t_max down to 0
+    t_max: float
+    spacing: str
+    stages: StageTable
+    passes: GuidancePlan  # which passes run at each stage and their weights
+    num_classes: Optional[int]
+    sample_shape: Optional[tuple[int, ...]]  # None: the model's
+    device: torch.device
+    dtype: torch.dtype  # the model's compute dtype (state, times, coefficients stay float32)
+    backend: str  # the fused-step implementation (nag_engine.backends)
+    tables: StepTables
+    time_shift: Optional[TimeShift]  # the time-shift sampler (Li et al.), or None
+    classifier: Optional[ClassifierNAG]  # classifier-based NAG, or None
+    cuda_graphs: graphs.Mode
+    graph_reason: Optional[str]  # why no stage can be captured, or None
+
+    # ------------------------------------------------------------------ request checks
+    def resolve_shape(self, latents: Optional[Tensor] = None) -> tuple[int, ...]:
+        """The shape of one sample: the latents', else the plan's or the model's."""
+        if latents is not None:
+            return tuple(latents.shape[1:])
+        shape = self.sample_shape or getattr(self.model, "sample_shape", None)
+        if shape is None:
+            raise ValueError(
+                "cannot tell the sample shape: the model has no `sample_shape`; pass "
+                "sample_shape=(...) to the Sampler or bring your own latents"
+            )
+        return tuple(shape)
+
+    def check_labels(self, y: Any, n: int) -> Optional[Tensor]:
+        """Class labels [n] (long, on the plan's device) from an int or n ids; None for none."""
+        if y is None:
+            if self.guidance.uses_cfg:
+                raise ValueError(
+                    f"cfg_scale={self.guidance.cfg_scale} needs class labels: pass y "
+                    "(an int or n class ids) or use cfg_scale=1.0"
+                )
+            return None
+        if self.num_classes is None:
+            raise ValueError("y was given but the model is unconditional (no num_classes)")
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.full((n,), y, dtype=torch.long)
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
+        if y.shape != (n,):
+            raise ValueError(
+                f"y must have shape ({n},) (one label per sample), got {tuple(y.shape)}"
+            )
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(
+                f"y must lie in [0, {self.num_classes}) for this model, got values in "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+        return y.to(self.device, torch.long)
+
+    # ------------------------------------------------------------------ running the model
+    def drop_flags(
+        self, passes: Sequence[Pass], batch: int, labelled: bool
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """(drop_t, drop_y) bool row tensors for `passes` stacked pass-major over `batch`
+        samples each; None where no row drops."""
+
+        def column(attr: str) -> Optional[Tensor]:
+            values = [getattr(p, attr) for p in passes]
+            if not any(values):
+                return None
+            return torch.tensor(values, device=self.device).repeat_interleave(batch)
+
+        return column("drop_t"), column("drop_y") if labelled else None
+
+    def autocast(self, captured: bool = False) -> contextlib.AbstractContextManager:
+        """Autocast to the plan's dtype where the weights are in another one (without the
+        weight-cast cache under CUDA-graph capture: the cast must be part of the graph)."""
+        param = next(iter(self.model.parameters()), None)
+        if self.dtype != torch.float32 and param is not None and param.dtype != self.dtype:
+            return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=not captured)
+        return contextlib.nullcontext()
+
+    def evaluate(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Optional[Tensor],
+        drop_t: Optional[Tensor],
+        drop_y: Optional[Tensor],
+    ) -> Tensor:
+        """One batched forward of the model (all passes' rows at once), its output checked."""
+        out = self.forward(x, t, y, drop_t=drop_t, drop_y=drop_y)
+        check_output(out, x)
+        return out
+
+
+def make_plan(
+    model: nn.Module,
+    steps: int,
+    *,
+    solver: str = "euler",
+    schedule: Union[None, str, Schedule] = None,
+    cfg_scale: float = 1.0,
+    nag_scale: float = 0.0,
+    cfg_interval: Optional[tuple[float, float]] = None,
+    nag_interval: Optional[tuple[float, float]] = None,
+    time_shift: float = 1.0,
+    t_max: Optional[float] = None,
+    spacing: str = "uniform",
+    device: Union[None, str, torch.device] = None,
+    dtype: Union[None, str, torch.dtype] = None,
+    sample_shape: Optional[Sequence[int]] = None,
+    eps_scaling: Optional[dict] = None,
+    time_shift_sampler: Optional[dict] = None,
+    noise_estimator: Any = None,
+    classifier_nag_scale: float = 0.0,
+    classifier_nag_interval: Optional[tuple[float, float]] = None,
+    backend: Optional[str] = None,
+    cuda_graphs: graphs.Mode = "auto",
+    compile: Union[bool, dict] = False,
+    capture_anywhere: bool = False,
+    **solver_options: Any,
+) -> SamplingPlan:
+    """Check the options (see `nag_engine.Sampler`) and build the plan. `capture_anywhere`
+    lifts the CUDA-device requirement of stage capture (for a custom graph runner)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be an nn.Module, got {type(model).__name__}; wrap a plain function "
+            "with nag_engine.models.FunctionDenoiser"
+        )
+    steps = check_positive_int("steps", steps)
+    if getattr(model, "prediction", "velocity") is None:
+        raise TypeError(
+            f"a {type(model).__name__} is not a denoiser (it predicts no sampling target); "
+            "sample from a denoiser and pass a noise-level head as noise_estimator="
+        )
+    prediction = check_prediction(getattr(model, "prediction", "velocity"), "model.prediction")
+    schedule = get_schedule(
+        schedule if schedule is not None else getattr(model, "schedule", "linear")
+    )
+    guidance = Guidance(cfg_scale, nag_scale, cfg_interval, nag_interval)
+    num_classes: Optional[int] = getattr(model, "num_classes", None) or None
+    if guidance.uses_nag and not getattr(model, "supports_noise_dropout", False):
+        raise ValueError(
+            f"nag_scale={nag_scale} needs a model trained with noise-condition dropout "
+            "(model.supports_noise_dropout is not True); use nag_scale=0.0 or a NAG checkpoint"
+        )
+    if guidance.uses_cfg and num_classes is None:
+        raise ValueError(
+            f"cfg_scale={cfg_scale} needs a class-conditional model, but the model declares "
+            "no num_classes; use cfg_scale=1.0"
+        )
+    if spacing == "uniform":
+        t_max = default_t_max(schedule, prediction) if t_max is None else t_max
+        grid = time_grid(steps, shift=time_shift, t_max=t_max)
+    else:
+        grid = respaced_grid(schedule, steps, spacing, time_shift, t_max)
+        t_max = float(grid[0])
+    stages = build_stages(solver, schedule, prediction, grid, **solver_options)
+    passes = guidance.plan(stages.t)
+
+    device = torch.device(device) if device is not None else model_device(model)
+    if not _same_device(device, model):
+        raise ValueError(
+            f"device={device} but the model's weights are on {model_device(model)}; move "
+            f"the model first (model.to({str(device)!r})) or leave device=None"
+        )
+    scaling = check_eps_scaling(eps_scaling)
+    forward = EpsilonScaledModel(model, schedule, *scaling) if scaling else model
+    if compile is not False:  # torch.compile'd forward (inside a captured graph too)
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(
+                f"compile must be True, False or a dict of torch.compile options, got "
+                f"{type(compile).__name__}"
+            )
+        forward = torch.compile(forward, **(compile if compile is not True else {}))
+    shift = check_time_shift(time_shift_sampler)
+    time_shifter = TimeShift(schedule, device=device, **shift) if shift else None
+    classifier = None
+    if classifier_nag_scale != 0.0:
+        if noise_estimator is None:
+            raise ValueError(
+                f"classifier_nag_scale={classifier_nag_scale} needs a noise_estimator "
+                "(ExactPosterior or a NoiseLevelHead); pass one or use classifier_nag_scale=0"
+            )
+        classifier = ClassifierNAG(
+            noise_estimator,
+            classifier_nag_scale,
+            stages.t,
+            schedule,
+            prediction,
+            classifier_nag_interval,
+        )
+    columns = stages.tensors(device)
+    coef, weights = backends.step_tables(columns, passes)
+    tables = StepTables(
+        coef=coef,
+        weights=weights,
+        times=columns["t"],
+        keep=columns["keep"],
+        step_of_stage=torch.tensor(stages.step, dtype=torch.long, device=device),
+    )
+    cuda_graphs = graphs.check_mode(cuda_graphs)
+    graph_reason = graphs.static_reason(
+        device,
+        cuda_graphs,
+        classifier_nag=classifier is not None,
+        time_shift_sampler=time_shifter is not None,
+        any_device=capture_anywhere,
+    )
+    if cuda_graphs is True and graph_reason is not None:
+        raise RuntimeError(f"cuda_graphs=True, but the step cannot be captured: {graph_reason}")
+    return SamplingPlan(
+        model=model,
+        forward=forward,
+        prediction=prediction,
+        schedule=schedule,
+        guidance=guidance,
+        solver=solver,
+        steps=steps,
+        grid=grid,
+        t_max=float(t_max),
+        spacing=spacing,
+        stages=stages,
+        passes=passes,
+        num_classes=num_classes,
+        sample_shape=tuple(sample_shape) if sample_shape is not None else None,
+        device=device,
+        dtype=resolve_dtype(dtype, model),
+        backend=backends.select(device, backend),
+        tables=tables,
+        time_shift=time_shifter,
+        classifier=classifier,
+        cuda_graphs=cuda_graphs,
+        graph_reason=graph_reason,
+    )
+
+
+def noise_variances(plan: SamplingPlan) -> Tensor:
+    """float64 [steps]: each step's noise variance c_j^2, or for a deterministic step the
+    variance the forward process adds between its two times,
+    sigma(t_j)^2 - (alpha(t_j) / alpha(t_{j+1}))^2 sigma(t_{j+1})^2 (one-stage solvers)."""
+    schedule, grid = plan.schedule, plan.grid.to(torch.float64)
+    hi, lo = grid[:-1], grid[1:]
+    alpha_hi, alpha_lo = schedule.alpha(hi), schedule.alpha(lo)
+    forward = schedule.sigma(hi) ** 2 - (alpha_hi / alpha_lo) ** 2 * schedule.sigma(lo) ** 2
+    c = torch.tensor(plan.stages.c, dtype=torch.float64)
+    variance = torch.where(c != 0, c**2, forward.clamp_min(0.0))
+    if not bool(torch.isfinite(variance).all()) or math.isclose(float(variance.max()), 0.0):
+        raise ValueError("the schedule gives no usable per-step noise variance for the tolerance")
+    return variance

@@ -1,0 +1,130 @@
+"""One sampling stage: the model evaluation of every guidance pass in one forward on static
+buffers, then the fused guidance + solver step. `run_stage` is the one function the eager loop
+and a captured CUDA graph both run (`nag_engine.sampler`); docs/ARCHITECTURE.md follows its data
+path step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .guidance import Pass
+from .noise import CounterNoise
+from .plan import SamplingPlan
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class BatchBuffers:
+    """The static buffers of one batch shape: what the stage function (and a captured graph)
+    reads and writes."""
+
+    x: Tensor  # float32 [B, ...] the state
+    x_in: Tensor  # [max passes * B, ...] the model input, pass-major, in the model's dtype
+    t_in: Tensor  # float32 [max passes * B]
+    y_in: Optional[Tensor]  # long [max passes * B], or None for unlabelled runs
+    g_prev: Optional[Tensor]  # float32 [B, ...] what the previous stage left (multistage solvers)
+    g: Tensor  # float32 [B, ...] the guided prediction, for callbacks
+    index: Tensor  # long [B] global sample indices (the noise is addressed by them)
+    stage: Tensor  # long [] the device-side stage counter
+    first_bad: Tensor  # long [] the first step with a non-finite state, or -1
+    noise: CounterNoise
+    flags: dict[tuple[Pass, ...], tuple[Optional[Tensor], Optional[Tensor]]]
+    replays: Optional[dict[tuple[Pass, ...], Callable[[], None]]] = field(default=None)
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+def make_buffers(
+    plan: SamplingPlan, batch: int, shape: tuple[int, ...], labelled: bool
+) -> BatchBuffers:
+    """The buffers for `batch` samples of `shape` (with class labels or not)."""
+    dev = plan.device
+    rows = plan.passes.max_passes * batch
+    return BatchBuffers(
+        x=torch.empty(batch, *shape, device=dev, dtype=torch.float32),
+        x_in=torch.zeros(rows, *shape, device=dev, dtype=plan.dtype),
+        t_in=torch.empty(rows, device=dev, dtype=torch.float32),
+        y_in=torch.zeros(rows, device=dev, dtype=torch.long) if labelled else None,
+        g_prev=torch.zeros(batch, *shape, device=dev) if plan.stages.uses_g_prev else None,
+        g=torch.empty(batch, *shape, device=dev, dtype=torch.float32),
+        index=torch.empty(batch, device=dev, dtype=torch.long),
+        stage=torch.zeros((), device=dev, dtype=torch.long),
+        first_bad=torch.full((), -1, device=dev, dtype=torch.long),
+        noise=CounterNoise(0, shape, dev),
+        flags={
+            passes: plan.drop_flags(passes, batch, labelled)
+            for passes in plan.passes.distinct_pass_sets()
+        },
+    )
+
+
+def run_stage(
+    plan: SamplingPlan,
+    fused_step: Callable[..., Tensor],
+    bufs: BatchBuffers,
+    passes: tuple[Pass, ...],
+    k: Optional[int],
+    g_out: Optional[Tensor],
+) -> None:
+    """One model evaluation with pass set `passes` and its fused guidance + solver step, at the
+    device-side stage counter `bufs.stage` (which it advances).
+
+    `k` is the host stage index on the eager path and None when captured; with it come the
+    host-side extras (time-shift sampler, classifier-based NAG), noise drawn only where the stage
+    has any, and next-input slots only for the next stage's passes. Captured, every stage draws
+    noise (multiplied by c = 0 where a step has none) and fills every slot, so one graph serves
+    all stages of a pass set. `g_out` receives the step's g output (None: not kept)."""
+    tables = plan.tables
+    batch, shape = bufs.batch, bufs.shape
+    p, rows = len(passes), len(passes) * batch
+    at = bufs.stage.view(1)
+    x_in, t_in = bufs.x_in[:rows], bufs.t_in[:rows]
+    y_in = bufs.y_in[:rows] if bufs.y_in is not None else None
+
+    # 1. the model: all passes of the stage in one forward, at the stage's time
+    t_in.copy_(tables.times.index_select(0, at).expand(rows))
+    if k is not None and plan.time_shift is not None:  # per-sample times from the state
+        shifted = plan.time_shift(bufs.x_in[:batch], tables.times[k])
+        t_in.view(p, batch).copy_(shifted.expand(p, batch))
+    with plan.autocast(captured=k is None):
+        out = plan.evaluate(x_in, t_in, y_in, *bufs.flags[passes])
+    if k is not None and plan.classifier is not None and plan.classifier.active(k):
+        y_cond = bufs.y_in[:batch] if bufs.y_in is not None else None
+        delta = plan.classifier.delta(k, bufs.x_in[:batch].float(), y_cond)
+        out.view(p, batch, *shape).add_(delta.to(out.dtype))
+
+    # 2. guidance + solver update + next model input, fused
+    if k is None:
+        noisy, slots = plan.stages.stochastic, plan.passes.max_passes
+    else:
+        last = k + 1 == len(plan.stages)
+        noisy, slots = plan.stages.c[k] != 0.0, 0 if last else plan.passes.num_passes(k + 1)
+    fused_step(  # x updated in place; g_out and the next input written
+        out.view(p, batch, *shape),
+        tables.weights,
+        tables.coef,
+        bufs.stage,
+        bufs.x,
+        g_prev=bufs.g_prev,
+        z=bufs.noise.normal(bufs.index, bufs.stage + 1) if noisy else None,
+        g_out=g_out,
+        next_input=bufs.x_in[: slots * batch].view(slots, batch, *shape) if slots else None,
+    )
+
+    # 3. flag the first non-finite state on the device (read once per batch)
+    bad = ~torch.isfinite(bufs.x).all() & tables.keep.index_select(0, at)[0]
+    step = tables.step_of_stage.index_select(0, at)[0]
+    bufs.first_bad.copy_(torch.where((bufs.first_bad < 0) & bad, step, bufs.first_bad))
+    bufs.stage.add_(1)
