@@ -16,7 +16,8 @@ epsilon scaling, time shift):
 
 and sweeps ``nag_scale``. It writes its section of ``RESULTS.md`` (tables plus the command that
 produced them; other sections of the file are kept), ``reproduce.json`` and the noise-shift
-figures into the output folder.
+figures (``noise_shift_<model>.png``, with the per-step reports they draw as
+``noise_shift_<model>.json``) into the output folder.
 
     python benchmarks/reproduce.py                 # the full report (CPU: ~30 min)
     python benchmarks/reproduce.py --quick         # a smoke run: small n, two step counts
@@ -38,6 +39,7 @@ from nag_engine import Sampler
 from nag_engine.analysis.metrics import energy_distance, sliced_wasserstein
 from nag_engine.analysis.noise_shift import (
     NoiseShiftReport,
+    describe_reports,
     measure_noise_shift,
     shift_bound,
     shift_figure,
@@ -50,7 +52,7 @@ from nag_engine.analysis.settings import (
     setting_options,
 )
 from nag_engine.cli import resolve_model
-from nag_engine.images import atomic_write_bytes, encode_png
+from nag_engine.images import atomic_write_bytes, write_figure
 from nag_engine.models import GaussianMixtureModel
 
 SETTINGS = ("none", "cfg", "nag", "cfg+nag", "cnag", "eps-scaling", "time-shift")
@@ -203,12 +205,7 @@ def measure(args: argparse.Namespace) -> dict:
                 sweep_rows.append(row)
                 print(json.dumps(row), flush=True)
         if figure_reports:
-            figure = shift_figure(figure_reports, show_shift=True)
-            atomic_write_bytes(out / f"noise_shift_{model_name}.png", encode_png(figure))
-            figures[model_name] = {
-                "settings": list(figure_reports),
-                "bound": shift_bound(figure_reports),
-            }
+            figures[model_name] = write_shift_figure(out, model_name, figure_reports)
     return {
         "command": "python benchmarks/reproduce.py " + " ".join(args.argv),
         "seconds": time.perf_counter() - started,
@@ -222,6 +219,27 @@ def measure(args: argparse.Namespace) -> dict:
         "rows": rows,
         "sweep": sweep_rows,
     }
+
+
+def write_shift_figure(out: Path, model_name: str, reports: dict[str, NoiseShiftReport]) -> dict:
+    """Write OUT/noise_shift_<model>.png (`shift_figure` of the reports, one per setting) and
+    the reports it draws as OUT/noise_shift_<model>.json (so `--render-only` can redraw it);
+    returns the figure's entry of the payload."""
+    data = {name: report.to_dict() for name, report in reports.items()}
+    atomic_write_bytes(out / f"noise_shift_{model_name}.json", json.dumps(data).encode())
+    title = f"Noise shift of {model_name}: {describe_reports(reports)}"
+    write_figure(out / f"noise_shift_{model_name}.png", shift_figure(reports, title=title))
+    return {"settings": list(reports), "bound": shift_bound(reports)}
+
+
+def redraw_figures(out: Path, payload: dict) -> None:
+    """Redraw the noise-shift figures of the payload from the reports saved beside them."""
+    for model_name in payload["figures"]:
+        path = out / f"noise_shift_{model_name}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            reports = {k: NoiseShiftReport.from_json(json.dumps(v)) for k, v in data.items()}
+            write_shift_figure(out, model_name, reports)
 
 
 def render(payload: dict) -> str:
@@ -263,13 +281,12 @@ def render(payload: dict) -> str:
             text += [
                 f"![noise shift, {model_name}](noise_shift_{model_name}.png)",
                 "",
-                f"*Noise shift of {model_name}, {payload['sweep_steps']} Euler steps. One column "
-                f"per setting, left to right: {', '.join(figure['settings'])}. Top row: "
-                "estimated noise level (vertical, 0 to 1) against nominal t (horizontal, 0 to "
-                "1; sampling runs right to left): sampler states red with a ±1 std band, "
-                "forward-process samples blue, the diagonal grey. Bottom row: the shift "
-                f"(vertical, −{figure['bound']:g} to +{figure['bound']:g}, zero the grey line) "
-                "with a ±2 SE band.*",
+                f"*Noise shift of {model_name}, {payload['sweep_steps']} Euler steps, settings "
+                f"{', '.join(figure['settings'])} (one colour each). Right: the shift of every "
+                "setting against nominal t (1 on the left, 0 on the right, as sampling runs) "
+                "with a ±2 SE band. Left: estimated noise level of sampler states (solid) and "
+                "forward-process samples (dashed) against t. Per-step data: "
+                f"noise_shift_{model_name}.json.*",
                 "",
             ]
     return "\n".join(text)
@@ -287,7 +304,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument(
-        "--render-only", action="store_true", help="rewrite RESULTS.md from OUT/reproduce.json"
+        "--render-only",
+        action="store_true",
+        help="rewrite RESULTS.md from OUT/reproduce.json and redraw the noise-shift figures from "
+        "OUT/noise_shift_<model>.json",
     )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
@@ -297,6 +317,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data_path = args.out / "reproduce.json"
     if args.render_only:
         payload = json.loads(data_path.read_text())
+        redraw_figures(args.out, payload)
     else:
         payload = measure(args)
         atomic_write_bytes(data_path, json.dumps(payload, indent=1).encode())

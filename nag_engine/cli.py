@@ -30,7 +30,15 @@ from torch import nn
 
 from . import __version__
 from .convert import FORMATS as CONVERT_FORMATS
-from .images import atomic_write_bytes, atomic_write_npz, density_image, encode_png, side_by_side
+from .images import (
+    add_title,
+    atomic_write_bytes,
+    atomic_write_npz,
+    density_image,
+    side_by_side,
+    write_figure,
+    write_png,
+)
 from .sampler import Sampler
 from .schedules import SPACINGS
 from .solvers import DDPM_VARIANCES, SOLVERS
@@ -78,19 +86,23 @@ def reference_samples(reference: Any, labels: torch.Tensor, seed: int) -> Option
 
 
 def picture(
-    samples: list[torch.Tensor], reference: Optional[torch.Tensor], nrow: int
+    samples: list[torch.Tensor],
+    reference: Optional[torch.Tensor],
+    nrow: int,
+    labels: Optional[list[str]] = None,
 ) -> np.ndarray:
-    """One grey picture: 2-D point clouds side by side (reference first), or image grids."""
+    """One grey picture: 2-D point clouds side by side (reference first), or image grids; with
+    `labels` (one per panel) each panel's label drawn above it."""
     from .training.data import to_image_grid
 
     if samples[0].ndim == 2 and samples[0].shape[1] == 2:
         clouds = ([reference] if reference is not None else []) + samples
         bound = max(float(c.abs().quantile(0.995)) for c in clouds) * 1.15
-        return side_by_side(*(density_image(c, (-bound, bound)) for c in clouds))
+        return side_by_side(*(density_image(c, (-bound, bound)) for c in clouds), labels=labels)
     if samples[0].ndim == 4 and samples[0].shape[1] == 1:
         zoom = max(1, 64 // samples[0].shape[-1])  # small images are drawn larger
         grids = [to_image_grid(s, nrow).repeat(zoom, 0).repeat(zoom, 1) for s in samples]
-        return side_by_side(*grids, gap=4 * zoom)
+        return side_by_side(*grids, gap=4 * zoom, labels=labels)
     raise ValueError("can draw 2-D points or grey images only; use --no-png")
 
 
@@ -251,7 +263,8 @@ def run_sample(args: argparse.Namespace) -> int:
         count = min(len(pictures), args.grid_max)
         nrow = max(1, round(count**0.5))
         grid = image_grid(pictures[:count], nrow)
-        atomic_write_bytes(grid_path, encode_png(grid[..., 0] if grid.shape[-1] == 1 else grid))
+        setting = f"{args.steps} {args.solver} steps, cfg {args.cfg_scale}, nag {args.nag_scale}"
+        write_png(grid_path, add_title(grid, [str(args.model), f"{setting}, seed {args.seed}"]))
         print(f"  wrote {grid_path} (the first {count} images, {nrow} per row)")
         return 0
     if args.no_png:
@@ -268,7 +281,10 @@ def run_sample(args: argparse.Namespace) -> int:
     if real is not None:
         caption = "data | " + caption
     png = args.out.with_suffix(".png")
-    atomic_write_bytes(png, encode_png(picture(panels, real, nrow=num_classes or 10)))
+    image = picture(panels, real, nrow=num_classes or 10, labels=caption.split(" | "))
+    setting = f"{args.steps} {args.solver} steps, cfg {args.cfg_scale}, nag {args.nag_scale}"
+    what = "2-D samples, log density (dark = dense)" if x.ndim == 2 else f"{len(x)} samples"
+    write_png(png, add_title(image, [f"{args.model}: {what}", f"{setting}, seed {args.seed}"]))
     print(f"  wrote {png} ({caption}, same seed)")
     return 0
 
@@ -332,8 +348,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    figure = shift_figure(reports, show_shift=True)
-    atomic_write_bytes(out / "noise_shift.png", encode_png(figure))
+    figure = shift_figure(
+        reports,
+        title=f"Noise shift of {args.model}: {args.steps} {args.solver} steps, {args.n} samples "
+        f"per setting, read by {type(estimator).__name__}",
+    )
+    write_figure(out / "noise_shift.png", figure)
     payload = {
         "model": args.model,
         "estimator": type(estimator).__name__,
@@ -354,9 +374,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     )
     _print_table(rows)
     print(
-        f"wrote {out / 'noise_shift.png'} (one column per setting, in the order above: top, "
-        "estimated level vs nominal t, sampler red with ±1 std band, forward samples blue; "
-        "bottom, the shift vs t with ±2 SE, shared scale), noise_shift.json, noise_shift.csv"
+        f"wrote {out / 'noise_shift.png'} (left: estimated level vs nominal t, sampler states "
+        "solid, forward samples dashed; right: the shift of every setting vs t with ±2 SE "
+        "bands), noise_shift.json, noise_shift.csv"
     )
     return 0
 
@@ -423,14 +443,17 @@ def run_demo(args: argparse.Namespace) -> int:
             else:
                 figures = _digit_metrics(x, labels, reference, classifier)
             rows.append({"model": name, "setting": setting, "cfg": cfg, "nag": nag, **figures})
+        panel_labels = [f"{r['setting']} (cfg {r['cfg']:g}, nag {r['nag']:g})" for r in rows[-4:]]
         if name == "toy2d":
             real = reference_samples(reference, labels, args.seed)
-            image = picture(samples, real, nrow=10)
+            image = picture(samples, real, nrow=10, labels=["data"] + panel_labels)
         else:
             order = torch.argsort(labels[:100], stable=True)  # one class per row
-            image = picture([s[:100][order] for s in samples], None, nrow=10)
+            image = picture([s[:100][order] for s in samples], None, nrow=10, labels=panel_labels)
         png = out / f"demo_{name}.png"
-        atomic_write_bytes(png, encode_png(image))
+        what = "2-D samples, log density (dark = dense)" if name == "toy2d" else "rows: classes 0-9"
+        title = f"{name}: {what}; {args.steps} {args.solver} steps, seed {args.seed}"
+        write_png(png, add_title(image, title))
         caption = "data | " if name == "toy2d" else ""
         print(f"wrote {png} ({caption}baseline | cfg | nag | cfg+nag)")
     _print_table(rows)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .images import image_grid, to_uint8  # noqa: F401 (image_grid: re-exported)
+
 Tensor = torch.Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -161,27 +163,6 @@ class VAE:
         latents = ((z.float() - self.shift_factor) * self.scaling_factor).cpu()
         self.encode_seconds += time.perf_counter() - start
         return latents
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C] (ADM's layout)."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(images: np.ndarray, nrow: int, gap: int = 2) -> np.ndarray:
-    """uint8 images [B, H, W, C] tiled row by row, `nrow` per row, on a mid-grey background."""
-    count, height, width, channels = images.shape
-    cols = max(1, min(nrow, count))
-    rows = -(-count // cols)
-    out = np.full(
-        (rows * (height + gap) - gap, cols * (width + gap) - gap, channels), 128, dtype=np.uint8
-    )
-    for index in range(count):
-        r, c = divmod(index, cols)
-        top, left = r * (height + gap), c * (width + gap)
-        out[top : top + height, left : left + width] = images[index]
-    return out
 
 
 # ----------------------------------------------------------------------------- image sources

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from benchmarks.reproduce import BEGIN, END, main, replace_section
 from nag_engine.checkpoints import read_checkpoint
 
@@ -30,10 +32,17 @@ def test_tiny_run_writes_tables_figure_and_data(tmp_path, capsys):
     assert {r["solver"] for r in payload["rows"]} == {"euler", "euler-maruyama"}
     assert [r["nag_scale"] for r in payload["sweep"]] == [1.0, 1.0]
     assert len(text.split("| 3 | euler |")) - 1 == 7  # one table row per setting
-    assert (tmp_path / "noise_shift_toy2d.png").is_file()
+    figure = tmp_path / "noise_shift_toy2d.png"
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.size == (1280, 500)
+    reports = json.loads((tmp_path / "noise_shift_toy2d.json").read_text())
+    assert list(reports) == list(payload["figures"]["toy2d"]["settings"])
+    assert len(reports["nag"]["shift"]) == 3  # the per-step data the figure draws
     before = text
+    figure.unlink()
     assert main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "RESULTS.md").read_text() == before
+    assert figure.is_file()  # redrawn from noise_shift_toy2d.json
 
 
 def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):

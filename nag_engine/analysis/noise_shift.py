@@ -11,10 +11,10 @@ the same nominal t, and the shift is reported as
 never as "estimate - t" (DESIGN.md §5). A positive shift means the sampler's states look noisier
 than data noised to the nominal t; negative, cleaner.
 
-`NoiseShiftReport` holds the per-step numbers (JSON / CSV export); `shift_figure` draws them with
-a small numpy rasteriser (no plotting library): per guidance setting, a panel of nominal t
-(horizontal) against estimated level (vertical), the sampler's mean with a shaded +-1 std band
-(red), the forward reference (blue) and the diagonal (grey).
+`NoiseShiftReport` holds the per-step numbers (JSON / CSV export); `shift_figure` draws the
+reports of several guidance settings as a matplotlib figure: the shift of every setting against
+nominal t on one shared axis (a labelled line with a +-2 standard-error band each) and, beside
+it, the estimated level of sampler states and forward samples against t.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ Tensor = torch.Tensor
 __all__ = [
     "QUANTILE_LEVELS",
     "NoiseShiftReport",
+    "describe_reports",
     "measure_noise_shift",
     "shift_bound",
     "shift_figure",
@@ -316,133 +317,9 @@ def measure_noise_shift(
 
 
 # --------------------------------------------------------------------------- figure
-BACKGROUND = (255, 255, 255)
-AXES = (40, 40, 40)
-DIAGONAL = (190, 190, 190)
-SAMPLER = (214, 39, 40)
-FORWARD = (31, 119, 180)
-
-
-def _blend(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, color, alpha: float) -> None:
-    """Blend `color` into image at integer pixel coordinates (clipped to the image)."""
-    height, width = image.shape[:2]
-    keep = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    rows, cols = rows[keep], cols[keep]
-    old = image[rows, cols].astype(np.float64)
-    new = (1.0 - alpha) * old + alpha * np.asarray(color, dtype=np.float64)
-    image[rows, cols] = np.clip(np.rint(new), 0, 255).astype(np.uint8)
-
-
-def _draw_polyline(
-    image: np.ndarray, cols: np.ndarray, rows: np.ndarray, color, width: int = 2
-) -> None:
-    """A polyline through (col, row) pixel positions: each segment densely interpolated, each
-    point stamped as a width x width square."""
-    cols, rows = np.asarray(cols, np.float64), np.asarray(rows, np.float64)
-    if len(cols) == 1:
-        pts_c, pts_r = cols, rows
-    else:
-        pieces_c, pieces_r = [], []
-        for i in range(len(cols) - 1):
-            span = max(abs(cols[i + 1] - cols[i]), abs(rows[i + 1] - rows[i]))
-            count = int(math.ceil(2 * span)) + 2
-            frac = np.linspace(0.0, 1.0, count)
-            pieces_c.append(cols[i] + frac * (cols[i + 1] - cols[i]))
-            pieces_r.append(rows[i] + frac * (rows[i + 1] - rows[i]))
-        pts_c, pts_r = np.concatenate(pieces_c), np.concatenate(pieces_r)
-    offsets = np.arange(width) - (width - 1) // 2
-    pc, pr = np.rint(pts_c).astype(np.int64), np.rint(pts_r).astype(np.int64)
-    stamp_r = (pr[:, None, None] + offsets[None, :, None]).repeat(width, 2).ravel()
-    stamp_c = (pc[:, None, None] + offsets[None, None, :]).repeat(width, 1).ravel()
-    coords = np.unique(np.stack([stamp_r, stamp_c], 1), axis=0)
-    _blend(image, coords[:, 0], coords[:, 1], color, 1.0)
-
-
-def _fill_band(
-    image: np.ndarray, cols: np.ndarray, low: np.ndarray, high: np.ndarray, color, alpha: float
-) -> None:
-    """Fill between two curves given at pixel columns `cols` (row positions low / high)."""
-    order = np.argsort(cols)
-    cols, low, high = cols[order], low[order], high[order]
-    if len(cols) == 1:
-        cols, low, high = np.repeat(cols, 2), np.repeat(low, 2), np.repeat(high, 2)
-    rows_out, cols_out = [], []
-    for c in range(int(math.ceil(cols[0])), int(math.floor(cols[-1])) + 1):
-        a, b = np.interp(c, cols, low), np.interp(c, cols, high)
-        top, bottom = int(math.floor(min(a, b))), int(math.ceil(max(a, b)))
-        span = np.arange(top, bottom + 1)
-        rows_out.append(span)
-        cols_out.append(np.full(len(span), c))
-    if rows_out:
-        _blend(image, np.concatenate(rows_out), np.concatenate(cols_out), color, alpha)
-
-
-def _blank_panel(size: int, margin: int):
-    """(image, col, row): an empty panel of size + 2 margin pixels square, and the maps of a
-    fraction in [0, 1] (clipped) to its pixel column (left to right) and row (bottom to top)."""
-    side = size + 2 * margin
-    image = np.full((side, side, 3), BACKGROUND, dtype=np.uint8)
-    span = size - 1
-
-    def col(frac: np.ndarray) -> np.ndarray:
-        return margin + np.clip(np.asarray(frac, np.float64), 0.0, 1.0) * span
-
-    def row(frac: np.ndarray) -> np.ndarray:
-        return margin + (1.0 - np.clip(np.asarray(frac, np.float64), 0.0, 1.0)) * span
-
-    return image, col, row
-
-
-def _panel(report: NoiseShiftReport, size: int, margin: int) -> np.ndarray:
-    """One panel: axes box, ticks, diagonal, sampler band + line, forward line."""
-    image, col, row = _blank_panel(size, margin)  # row: estimated level 0 (bottom) to 1 (top)
-    ends = np.array([0.0, 1.0])
-    _draw_polyline(image, col(ends), row(ends), DIAGONAL, width=1)
-    t = np.asarray(report.t, np.float64)
-    mean, std = np.asarray(report.sampler_mean), np.asarray(report.sampler_std)
-    _fill_band(image, col(t), row(mean - std), row(mean + std), SAMPLER, 0.25)
-    _draw_polyline(image, col(t), row(report.forward_mean), FORWARD, width=2)
-    _draw_polyline(image, col(t), row(mean), SAMPLER, width=2)
-    quarters = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    _axes(image, size, margin, col(quarters), row(quarters))
-    return image
-
-
-def _axes(image: np.ndarray, size: int, margin: int, x_ticks, y_ticks) -> None:
-    """The axes box and outward tick marks at pixel columns x_ticks (bottom) and rows y_ticks
-    (left)."""
-    lo, hi = margin - 1, margin + size
-    box_c = np.array([lo, hi, hi, lo, lo], np.float64)
-    box_r = np.array([lo, lo, hi, hi, lo], np.float64)
-    _draw_polyline(image, box_c, box_r, AXES, width=1)
-    tick = max(2, margin // 3)
-    for c in x_ticks:
-        _draw_polyline(image, np.array([c, c]), np.array([hi, hi + tick]), AXES, width=1)
-    for r in y_ticks:
-        _draw_polyline(image, np.array([lo - tick, lo]), np.array([r, r]), AXES, width=1)
-
-
-def _shift_panel(report: NoiseShiftReport, size: int, margin: int, bound: float) -> np.ndarray:
-    """One panel of the shift itself: nominal t (horizontal) against shift in [-bound, bound]
-    (vertical, 0 in the middle, grey line), the shift (red) with a +-2 standard-error band."""
-    image, col, frac_row = _blank_panel(size, margin)
-
-    def row(value: np.ndarray) -> np.ndarray:
-        return frac_row(0.5 + 0.5 * np.clip(np.asarray(value, np.float64) / bound, -1.0, 1.0))
-
-    _draw_polyline(image, col(np.array([0.0, 1.0])), row(np.zeros(2)), DIAGONAL, width=1)
-    t = np.asarray(report.t, np.float64)
-    shift, se = np.asarray(report.shift), np.asarray(report.shift_se)
-    _fill_band(image, col(t), row(shift - 2 * se), row(shift + 2 * se), SAMPLER, 0.25)
-    _draw_polyline(image, col(t), row(shift), SAMPLER, width=2)
-    quarters = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    _axes(image, size, margin, col(quarters), row(bound * (2 * quarters - 1)))
-    return image
-
-
 def shift_bound(reports: dict[str, NoiseShiftReport]) -> float:
-    """The vertical half-range of the shift panels: the largest |shift| + 2 SE over all
-    reports, rounded up to 1, 2 or 5 times a power of ten (shared, so panels compare)."""
+    """The vertical half-range of the shift axis: the largest |shift| + 2 SE over all reports,
+    rounded up to 1, 2 or 5 times a power of ten (shared, so settings compare)."""
     peak = max(
         float(np.max(np.abs(np.asarray(r.shift)) + 2 * np.asarray(r.shift_se)))
         for r in reports.values()
@@ -452,31 +329,103 @@ def shift_bound(reports: dict[str, NoiseShiftReport]) -> float:
     return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= peak)
 
 
+def describe_reports(reports: dict[str, NoiseShiftReport]) -> str:
+    """What the reports share, from their meta: "<steps> <solver> steps, n = <n> samples per
+    setting, read by <estimator>" (parts the reports disagree on are left out)."""
+
+    def common(key: str) -> str:
+        values = {str(r.meta.get(key, "")) for r in reports.values()}
+        return values.pop() if len(values) == 1 else ""
+
+    sizes = {r.n for r in reports.values()}
+    parts = []
+    if common("steps"):
+        parts.append(" ".join(filter(None, [common("steps"), common("solver"), "steps"])))
+    if len(sizes) == 1:
+        parts.append(f"n = {sizes.pop()} samples per setting")
+    if common("estimator"):
+        parts.append(f"read by {common('estimator')}")
+    return ", ".join(parts)
+
+
 def shift_figure(
     reports: dict[str, NoiseShiftReport],
     *,
-    panel_size: int = 200,
-    margin: int = 16,
-    show_shift: bool = False,
-) -> np.ndarray:
-    """A uint8 RGB image [panel_size + 2 margin, len(reports) * (panel_size + 2 margin), 3]: one
-    panel per report (in dict order, e.g. one per guidance setting), side by side.
+    title: Optional[str] = None,
+    show_levels: bool = True,
+) -> Any:
+    """A matplotlib Figure of the noise shift of several settings (one report per setting, in
+    dict order; each setting one colour and a legend entry named by its key), titled `title`
+    or "Noise shift: " + `describe_reports`.
 
-    Each panel plots nominal t (horizontal, 0 left, 1 right) against estimated level (vertical,
-    0 bottom, 1 top): the sampler's mean level (red) with a shaded +-1 std band, the forward
-    reference (blue) and the diagonal (grey). With `show_shift` a second row (image twice as
-    tall) plots the shift itself against nominal t on a scale shared by all panels
-    (``shift_bound``; ticks at -bound, -bound/2, 0, bound/2, bound): the red line with a +-2
-    standard-error band, zero as a grey line. No text; write it with
-    ``nag_engine.images.encode_png``."""
+    Right (or alone, without `show_levels`): the shift of every setting against the nominal
+    time t on one shared axis, a line per setting with a shaded +-2 standard-error band, zero as
+    a grey line, the vertical range +-`shift_bound`. Left (with `show_levels`): the estimated
+    noise level against t, sampler states solid, forward-process samples dashed, the diagonal
+    dotted. t runs from 1 (noise) on the left to 0 (data) on the right, as sampling does. The
+    figure is 12.8 x 5 inches (8 x 5 without the level panel); write it with
+    ``nag_engine.images.write_figure``. No display is needed (Agg)."""
+    from matplotlib.figure import Figure
+
     if not reports:
         raise ValueError("shift_figure needs at least one report")
-    if panel_size < 8 or margin < 3:
-        raise ValueError(f"panel_size must be >= 8 and margin >= 3, got {panel_size}, {margin}")
-    panels = [_panel(report, panel_size, margin) for report in reports.values()]
-    top = np.concatenate(panels, axis=1)
-    if not show_shift:
-        return top
+    figure = Figure(figsize=(12.8, 5.0) if show_levels else (8.0, 5.0), layout="constrained")
+    axes = figure.subplots(1, 2) if show_levels else [figure.subplots()]
+    colours = {name: f"C{i % 10}" for i, name in enumerate(reports)}
+    if show_levels:
+        _level_axes(axes[0], reports, colours)
+    _shift_axes(axes[-1], reports, colours)
+    figure.suptitle(f"Noise shift: {describe_reports(reports)}" if title is None else title)
+    return figure
+
+
+def _time_axis(axes: Any) -> None:
+    """Nominal t from 1 (left) to 0 (right) with its label."""
+    axes.set_xlim(1.0, 0.0)
+    axes.set_xlabel("nominal noise level t of the step (1 = noise, 0 = data)")
+    axes.grid(True, color="0.9")
+    axes.set_axisbelow(True)  # the grid under the bands too
+
+
+def _shift_axes(axes: Any, reports: dict[str, NoiseShiftReport], colours: dict) -> None:
+    """The shift of every report on one axis, with +-2 SE bands and a legend of settings."""
+    axes.axhline(0.0, color="0.5", linewidth=0.8)
+    for name, report in reports.items():
+        t = np.asarray(report.t, np.float64)
+        shift, se = np.asarray(report.shift), np.asarray(report.shift_se)
+        marker = "o" if len(t) <= 30 else None
+        axes.plot(t, shift, color=colours[name], marker=marker, markersize=3, label=name)
+        if np.any(se > 0):
+            band = (shift - 2 * se, shift + 2 * se)
+            axes.fill_between(t, *band, color=colours[name], alpha=0.2, linewidth=0)
     bound = shift_bound(reports)
-    lower = [_shift_panel(r, panel_size, margin, bound) for r in reports.values()]
-    return np.concatenate([top, np.concatenate(lower, axis=1)], axis=0)
+    axes.set_ylim(-bound, bound)
+    _time_axis(axes)
+    axes.set_ylabel("noise shift (estimated level: sampler - forward)")
+    axes.set_title("shift per step, band ±2 s.e. (> 0: states noisier than t says)")
+    axes.legend(title="setting", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _level_axes(axes: Any, reports: dict[str, NoiseShiftReport], colours: dict) -> None:
+    """Estimated level against t: sampler states solid, forward samples dashed, diagonal
+    dotted; a legend of the three line styles."""
+    from matplotlib.lines import Line2D
+
+    axes.plot([0.0, 1.0], [0.0, 1.0], color="0.6", linestyle=":")
+    low, high = 0.0, 1.0
+    for name, report in reports.items():
+        t = np.asarray(report.t, np.float64)
+        axes.plot(t, report.forward_mean, color=colours[name], linestyle="--", linewidth=1)
+        axes.plot(t, report.sampler_mean, color=colours[name], linewidth=1.5)
+        values = np.concatenate([report.forward_mean, report.sampler_mean])
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    axes.set_ylim(low - 0.02, high + 0.02)
+    _time_axis(axes)
+    axes.set_ylabel("estimated noise level (mean over samples)")
+    axes.set_title("estimated vs nominal level")
+    styles = [
+        Line2D([], [], color="0.2", linewidth=1.5, label="sampler states"),
+        Line2D([], [], color="0.2", linestyle="--", linewidth=1, label="forward-process samples"),
+        Line2D([], [], color="0.6", linestyle=":", label="estimate = t"),
+    ]
+    axes.legend(handles=styles, loc="upper right")
