@@ -114,7 +114,9 @@ def test_no_module_imports_private_names_of_another():
         for target, names, node in imports_of(name):
             if not target.startswith("nag_engine"):
                 continue
-            private = [n for n in names if n.startswith("_") and n != "_C"]
+            private = [
+                n for n in names if n.startswith("_") and not n.startswith("__") and n != "_C"
+            ]
             if private:
                 offenders.append(f"{name}:{node.lineno} imports {private} from {target}")
             if isinstance(node, ast.ImportFrom):

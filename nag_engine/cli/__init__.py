@@ -1,0 +1,93 @@
+"""The `nag-engine` command: demo, sample, analyze, train, convert, encode, info.
+
+nag-engine demo                       compare baseline / CFG / NAG / CFG+NAG on the shipped
+                                      models, write one PNG per model, print a quality table
+nag-engine sample --model toy2d       samples (+ PNG) from a shipped model, a checkpoint
+                                      file or an exact mixture (ring-exact, gmm32-exact)
+nag-engine analyze --model toy2d      measure noise shift per guidance setting (PNG, JSON, CSV)
+nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable); --finetune CKPT
+                                      --data LATENTS adds NAG to a pretrained model
+nag-engine convert IN OUT --format F  official DiT / SiT checkpoints, diffusers folders -> ours
+nag-engine encode IMAGES OUT --vae D  images -> training latents through a VAE
+nag-engine info [PATH]                what a checkpoint is; without PATH, the kernel backends here
+
+One module per command (demo, sample, analyze, train, convert, encode, info), each with
+`add_parser(commands)` and `run(args)`; common.py holds what they share. This module assembles
+the parser and runs the chosen command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from . import analyze, convert, demo, encode, info, sample, train
+from .common import (
+    DEVICE_HELP,
+    DEVICE_OPTION,
+    picture,
+    positive_int,
+    print_table,
+    reference_samples,
+    resolve_device,
+    resolve_model,
+)
+
+__all__ = [
+    "DEVICE_HELP",
+    "DEVICE_OPTION",
+    "main",
+    "picture",
+    "positive_int",
+    "print_table",
+    "reference_samples",
+    "resolve_device",
+    "resolve_model",
+]
+
+# the commands in the order --help lists them
+COMMANDS = {
+    "demo": demo,
+    "sample": sample,
+    "analyze": analyze,
+    "train": train,
+    "convert": convert,
+    "encode": encode,
+    "info": info,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nag-engine",
+        description="Sampling with Noise Awareness Guidance (NAG): demo, sample, analyze, train, "
+        "convert, encode, info.",
+        epilog="Start with `nag-engine demo`; each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"nag_engine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `nag-engine` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"nag-engine: error: {err}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print(
+            "nag-engine: error: the GPU ran out of memory; lower --batch-size (and "
+            "--decode-batch-size for a VAE), or use --dtype bf16",
+            file=sys.stderr,
+        )
+        return 2
