@@ -169,8 +169,7 @@ def evaluate(name: str, model, reference, seed: int) -> list[dict]:
             row = {"iterations": steps, "evals": len(sampler.stages)}
         else:
             runner = ParallelSampler(model, steps, solver=solver, **parallel)
-            x = runner.sample(n, y=labels, seed=seed, progress=False)
-            stats = runner.stats
+            x, stats = runner.run(n, y=labels, seed=seed, progress=False)
             row = {"iterations": stats.iterations, "evals": stats.model_evals}
         row.update(sampler=label, seconds=time.perf_counter() - start)
         row.update(quality(name, x, labels, reference))

@@ -133,10 +133,11 @@ def fused_step_seconds(sampler, batch: int, device: torch.device, reps: int = 50
     x, g = torch.randn(shape, device=device), torch.empty(shape, device=device)
     nxt = torch.empty(3, *shape, device=device, dtype=torch.bfloat16)
     fn = backends.implementation(sampler.backend)
-    stage = sampler._stage_ids[0]
+    stage = torch.zeros((), dtype=torch.long, device=device)
+    tables = sampler.plan.tables
 
     def step():
-        fn(out, sampler._weight_table, sampler._coef_table, stage, x, g_out=g, next_input=nxt)
+        fn(out, tables.weights, tables.coef, stage, x, g_out=g, next_input=nxt)
 
     seconds, _ = timed(step, device, reps)
     return seconds
