@@ -37,13 +37,7 @@ import torch
 
 from nag_engine import Sampler
 from nag_engine.analysis.metrics import energy_distance, sliced_wasserstein
-from nag_engine.analysis.noise_shift import (
-    NoiseShiftReport,
-    describe_reports,
-    measure_noise_shift,
-    shift_bound,
-    shift_figure,
-)
+from nag_engine.analysis.noise_shift import NoiseShiftReport, measure_noise_shift
 from nag_engine.analysis.settings import (
     DataSetReference,
     Scales,
@@ -51,6 +45,7 @@ from nag_engine.analysis.settings import (
     resolve_estimator,
     setting_options,
 )
+from nag_engine.analysis.shift_figure import describe_reports, shift_bound, shift_figure
 from nag_engine.cli import resolve_model
 from nag_engine.images import atomic_write_bytes, write_figure
 from nag_engine.models import GaussianMixtureModel

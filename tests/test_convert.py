@@ -115,7 +115,7 @@ def test_ddim_reproduces_the_official_ddim_sample_loop(state, dit, respacing, sp
     assert trajectory.shape[0] == len(expected) == 51
     for ours, theirs in zip(trajectory, expected):
         _close(ours, theirs, rtol=1e-4)
-    _close(got, expected[-1], rtol=1e-4)
+    _close(trajectory[-1], expected[-1], rtol=1e-4)
 
 
 @pytest.mark.parametrize("variance", ["small", "large"])

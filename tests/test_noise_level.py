@@ -19,11 +19,8 @@ from nag_engine.analysis.noise_level import (
     NoiseLevelEstimator,
     interpolate_log_density,
 )
-from nag_engine.analysis.noise_shift import (
-    NoiseShiftReport,
-    measure_noise_shift,
-    shift_figure,
-)
+from nag_engine.analysis.noise_shift import NoiseShiftReport, measure_noise_shift
+from nag_engine.analysis.shift_figure import shift_figure
 from nag_engine.models import GaussianMixtureModel
 from nag_engine.models.analytic import random_mixture
 from nag_engine.models.wrappers import FunctionDenoiser

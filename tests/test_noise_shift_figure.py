@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nag_engine.analysis.noise_shift import (
-    NoiseShiftReport,
-    describe_reports,
-    shift_bound,
-    shift_figure,
-)
+from nag_engine.analysis.noise_shift import NoiseShiftReport
+from nag_engine.analysis.shift_figure import describe_reports, shift_bound, shift_figure
 from nag_engine.images import write_figure
 
 

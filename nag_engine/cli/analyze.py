@@ -53,7 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.noise_shift import measure_noise_shift, shift_figure
+    from ..analysis.noise_shift import measure_noise_shift
     from ..analysis.settings import (
         DataSetReference,
         Scales,
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_estimator,
         setting_options,
     )
+    from ..analysis.shift_figure import shift_figure
     from ..models import GaussianMixtureModel
 
     model, reference = resolve_model(args.model)
