@@ -1,5 +1,8 @@
 """Training data sets: small, in-memory, labelled, reproducible, and nothing is downloaded.
 
+Over 400 lines because it is the catalogue of every data set: one short loader per set, each
+documented below, registered in one `DATASETS` table that `load_dataset` reads.
+
     ds = load_dataset("ring", n=20000, seed=0)
     for x0, y in ds.batches(256, torch.Generator().manual_seed(0)): ...
 
