@@ -4,6 +4,7 @@ Noise Awareness Guidance (NAG)."""
 from .checkpoints import load_checkpoint, save_checkpoint
 from .convert import convert_checkpoint
 from .guidance import Guidance, GuidancePlan
+from .models import Denoiser, TrainableDenoiser
 from .parallel import ParallelResult, ParallelSampler, ParallelStats
 from .plan import SamplingPlan, make_plan
 from .sampler import (
@@ -20,6 +21,7 @@ from .shards import load_shards, sample_to_disk
 __version__ = "0.1.0"
 
 __all__ = [
+    "Denoiser",
     "Guidance",
     "GuidancePlan",
     "NonFiniteStateError",
@@ -30,6 +32,7 @@ __all__ = [
     "Sampler",
     "SamplingPlan",
     "StepInfo",
+    "TrainableDenoiser",
     "convert_checkpoint",
     "get_schedule",
     "load_checkpoint",

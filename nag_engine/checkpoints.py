@@ -4,6 +4,8 @@ The config (in the safetensors metadata under "nag_engine") names the architectu
 constructor arguments, the schedule and prediction type, the dropouts the model was trained
 with, the data set and the training step. Training runs add the EMA weights, the optimizer
 state and the random generator states, so a run resumes exactly. Loading never unpickles.
+
+Architectures are named as in `nag_engine.models.ARCHITECTURES`, the one registry of them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from .images import atomic_write_bytes
+from .models import ARCHITECTURES
 
 Tensor = torch.Tensor
 FORMAT = "nag_engine.checkpoint"
@@ -26,27 +29,13 @@ class CheckpointError(ValueError):
     """The file is not a readable nag_engine checkpoint."""
 
 
-def _architectures() -> dict[str, type]:
-    from .models.diffusers_models import DiffusersDenoiser
-    from .models.dit import DiT
-    from .models.mlp import MLPDenoiser
-    from .models.noise_head import NoiseLevelHead
-
-    return {
-        "MLPDenoiser": MLPDenoiser,
-        "DiT": DiT,
-        "NoiseLevelHead": NoiseLevelHead,
-        "DiffusersDenoiser": DiffusersDenoiser,
-    }
-
-
 def architecture_name(model: nn.Module) -> str:
     """The registered architecture name of a model, or a TypeError for foreign models."""
-    for name, cls in _architectures().items():
+    for name, cls in ARCHITECTURES.items():
         if type(model) is cls:
             return name
     raise TypeError(
-        f"cannot checkpoint a {type(model).__name__}: only {tuple(_architectures())} are known"
+        f"cannot checkpoint a {type(model).__name__}: only {tuple(ARCHITECTURES)} are known"
     )
 
 
@@ -144,11 +133,10 @@ def tensor_section(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]
 
 def build_model(config: dict[str, Any]) -> nn.Module:
     """A freshly initialised model of the checkpoint config's architecture."""
-    architectures = _architectures()
     name = config.get("architecture")
-    if name not in architectures:
-        raise CheckpointError(f"unknown architecture {name!r}: known are {tuple(architectures)}")
-    cls = architectures[name]
+    if name not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {name!r}: known are {tuple(ARCHITECTURES)}")
+    cls = ARCHITECTURES[name]
     # a wrapper of a foreign model rebuilds it from the model's own config
     build = getattr(cls, "from_config", None)
     model = build(config["model"]) if build is not None else cls(**config["model"])

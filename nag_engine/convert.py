@@ -379,9 +379,10 @@ def convert_checkpoint(
     if dst.suffix != ".safetensors":
         raise ValueError(f"the output must be a .safetensors file, got {dst}")
     if format == "diffusers":
-        from .models.diffusers_models import convert_diffusers_folder
+        from .models.diffusers_models import diffusers_folder_checkpoint
 
-        return convert_diffusers_folder(src, dst, scheduler=scheduler, null_class=null_class)
+        model, config = diffusers_folder_checkpoint(src, scheduler=scheduler, null_class=null_class)
+        return save_checkpoint(dst, model, config)
     if scheduler is not None or null_class is not None:
         raise ValueError("scheduler and null_class apply to format='diffusers' only")
     if num_heads is not None and (not isinstance(num_heads, int) or num_heads < 1):

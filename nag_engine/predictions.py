@@ -16,7 +16,7 @@ from typing import Union
 
 import torch
 
-from .schedules import Schedule, TimeLike, _as_tensor, get_schedule
+from .schedules import Schedule, TimeLike, as_tensor, get_schedule
 
 Tensor = torch.Tensor
 
@@ -63,7 +63,7 @@ def conversion_coefficients(
     check_prediction(src, "source prediction")
     check_prediction(dst, "target prediction")
     sched = get_schedule(schedule)
-    t = _as_tensor(t)
+    t = as_tensor(t)
     if src == dst:
         return torch.zeros_like(t), torch.ones_like(t)
     x0, eps = _x0_eps_coefficients(src, sched, t)
@@ -96,7 +96,7 @@ def convert(
 
     `t` is a float, a 0-d tensor or a [B] tensor (one time per row of x). The arithmetic runs in
     float64 for the coefficients and in the promoted dtype of x and out for the tensors."""
-    t = _as_tensor(t)
+    t = as_tensor(t)
     a, b = conversion_coefficients(src, dst, schedule, t.double())
     if a.ndim == 1:
         shape = (-1,) + (1,) * (x.ndim - 1)

@@ -2,7 +2,8 @@
 
 Each preset names a data set, a model and a training configuration; `nag-engine train --preset
 NAME` runs it. The shipped files in `nag_engine/assets/` were produced by exactly these recipes
-(see README for the commands).
+(see README for the commands). A preset names its architecture as in
+`nag_engine.models.ARCHITECTURES`, the registry that checkpoints use too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .models.dit import DiT
-from .models.mlp import MLPDenoiser
-from .models.noise_head import NoiseLevelHead
+from .models import ARCHITECTURES, NoiseLevelHead
 from .training.trainer import TrainConfig
 
 
@@ -33,15 +32,20 @@ class Preset:
     head_of: Optional[str] = None
 
     def build_model(self) -> nn.Module:
+        """A freshly initialised model (a noise-level head on the shipped denoiser it names)."""
         if self.head_of is not None:
             from .checkpoints import load_checkpoint
 
             denoiser = load_checkpoint(shipped_checkpoint(self.head_of))
             return NoiseLevelHead.from_denoiser(denoiser, **self.model)
-        cls = {"MLPDenoiser": MLPDenoiser, "DiT": DiT}[self.architecture]
-        return cls(**self.model)
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}: known are {tuple(ARCHITECTURES)}"
+            )
+        return ARCHITECTURES[self.architecture](**self.model)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
+        """The training configuration, with ``overrides`` replacing its entries."""
         return TrainConfig.from_dict({**self.train, **overrides})
 
 

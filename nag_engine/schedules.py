@@ -20,7 +20,9 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("uniform", "adm", "leading", "trailing")
 
 
-def _as_tensor(t: TimeLike) -> Tensor:
+def as_tensor(t: TimeLike) -> Tensor:
+    """A time (or log-SNR) as a floating tensor: a float tensor unchanged, an integer tensor as
+    float64, Python numbers as float64."""
     if isinstance(t, Tensor):
         return t if t.is_floating_point() else t.double()
     return torch.tensor(t, dtype=torch.float64)
@@ -47,7 +49,7 @@ class Schedule:
 
     def log_snr(self, t: TimeLike) -> Tensor:
         """lambda(t) = log(alpha^2 / sigma^2); +inf at t = 0, -inf where alpha = 0."""
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def t_from_log_snr(self, log_snr: TimeLike) -> Tensor:
@@ -64,20 +66,20 @@ class LinearSchedule(Schedule):
     name = "linear"
 
     def alpha(self, t: TimeLike) -> Tensor:
-        return 1.0 - _as_tensor(t)
+        return 1.0 - as_tensor(t)
 
     def sigma(self, t: TimeLike) -> Tensor:
-        return _as_tensor(t).clone()
+        return as_tensor(t).clone()
 
     def d_alpha(self, t: TimeLike) -> Tensor:
-        return torch.full_like(_as_tensor(t), -1.0)
+        return torch.full_like(as_tensor(t), -1.0)
 
     def d_sigma(self, t: TimeLike) -> Tensor:
-        return torch.ones_like(_as_tensor(t))
+        return torch.ones_like(as_tensor(t))
 
     def t_from_log_snr(self, log_snr: TimeLike) -> Tensor:
         # alpha / sigma = exp(lambda / 2)  =>  t = 1 / (1 + exp(lambda / 2))
-        return torch.sigmoid(-0.5 * _as_tensor(log_snr))
+        return torch.sigmoid(-0.5 * as_tensor(log_snr))
 
 
 class VPLinearSchedule(Schedule):
@@ -99,32 +101,32 @@ class VPLinearSchedule(Schedule):
 
     def beta(self, t: TimeLike) -> Tensor:
         """The continuous-time beta(t): d log alpha / dt = -beta(t) / 2."""
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def alpha(self, t: TimeLike) -> Tensor:
-        return torch.exp(self._log_alpha(_as_tensor(t)))
+        return torch.exp(self._log_alpha(as_tensor(t)))
 
     def sigma(self, t: TimeLike) -> Tensor:
         # sqrt(1 - alpha^2) = sqrt(-expm1(2 log alpha)), accurate near t = 0
-        return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(_as_tensor(t))))
+        return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(as_tensor(t))))
 
     def d_alpha(self, t: TimeLike) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return -0.5 * self.beta(t) * self.alpha(t)
 
     def d_sigma(self, t: TimeLike) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def log_snr(self, t: TimeLike) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         log_alpha = self._log_alpha(t)
         return 2.0 * log_alpha - torch.log(-torch.expm1(2.0 * log_alpha))
 
     def t_from_log_snr(self, log_snr: TimeLike) -> Tensor:
         # alpha^2 = sigmoid(lambda); solve (d/4) t^2 + (b0/2) t - c = 0 with c = -log alpha.
-        c = -0.5 * torch.nn.functional.logsigmoid(_as_tensor(log_snr))
+        c = -0.5 * torch.nn.functional.logsigmoid(as_tensor(log_snr))
         d = self.beta_max - self.beta_min
         b0 = self.beta_min
         return (-0.5 * b0 + torch.sqrt(0.25 * b0**2 + d * c)) / (0.5 * d)
@@ -146,22 +148,22 @@ class VPCosineSchedule(Schedule):
         return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
 
     def alpha(self, t: TimeLike) -> Tensor:
-        return (torch.cos(self._angle(_as_tensor(t))) / self._c0).clamp(min=0.0)
+        return (torch.cos(self._angle(as_tensor(t))) / self._c0).clamp(min=0.0)
 
     def sigma(self, t: TimeLike) -> Tensor:
         alpha = self.alpha(t)
         return torch.sqrt((1.0 - alpha) * (1.0 + alpha))
 
     def d_alpha(self, t: TimeLike) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return -torch.sin(self._angle(t)) * (0.5 * math.pi / (1.0 + self.s)) / self._c0
 
     def d_sigma(self, t: TimeLike) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def t_from_log_snr(self, log_snr: TimeLike) -> Tensor:
-        alpha = torch.sqrt(torch.sigmoid(_as_tensor(log_snr)))
+        alpha = torch.sqrt(torch.sigmoid(as_tensor(log_snr)))
         return torch.acos(alpha * self._c0) * (2.0 / math.pi) * (1.0 + self.s) - self.s
 
 
@@ -223,7 +225,7 @@ class DiscreteVPSchedule(Schedule):
 
     def timestep(self, t: TimeLike) -> Tensor:
         """The official (0-based) timestep of time t: T t - 1 (fractional between knots)."""
-        return _as_tensor(t) * self.num_steps - 1.0
+        return as_tensor(t) * self.num_steps - 1.0
 
     def _pieces(self, t: TimeLike) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(log-SNR, alpha, sigma, d alpha / dt, d sigma / dt) at t, computed in float64.
@@ -234,7 +236,7 @@ class DiscreteVPSchedule(Schedule):
         derivative is the segment's on the data side. Below the first knot: r = sigma / alpha
         = c t with c = T exp(-lambda_0 / 2), so alpha = (1 + r^2)^(-1/2), sigma = r alpha, and
         the derivatives stay finite at t = 0."""
-        t64 = _as_tensor(t).double()
+        t64 = as_tensor(t).double()
         lam = self.knot_log_snr.to(t64.device)
         steps = self.num_steps
         pos = t64 * steps - 1.0
@@ -256,7 +258,7 @@ class DiscreteVPSchedule(Schedule):
         )
 
     def _pick(self, t: TimeLike, index: int) -> Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         return self._pieces(t)[index].to(t.dtype)
 
     def log_snr(self, t: TimeLike) -> Tensor:
@@ -275,7 +277,7 @@ class DiscreteVPSchedule(Schedule):
         return self._pick(t, 4)
 
     def t_from_log_snr(self, log_snr: TimeLike) -> Tensor:
-        value = _as_tensor(log_snr)
+        value = as_tensor(log_snr)
         lam = self.knot_log_snr.to(value.device)
         steps = self.num_steps
         flat = value.double().reshape(-1)
@@ -387,7 +389,7 @@ def shift_time(t: TimeLike, shift: float) -> Tensor:
     steps at high noise, s = 1 is the identity. Written as t / (t + (1 - t) / s), which maps
     0 and 1 exactly onto themselves."""
     _check_shift(shift)
-    t = _as_tensor(t)
+    t = as_tensor(t)
     return t / (t + (1.0 - t) / shift)
 
 

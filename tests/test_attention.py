@@ -32,9 +32,8 @@ def fake_xformers(monkeypatch):
     ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
     monkeypatch.setitem(sys.modules, "xformers", types.SimpleNamespace(ops=ops))
     monkeypatch.setitem(sys.modules, "xformers.ops", ops)
-    dit_module._xformers_attention.cache_clear()
-    yield calls
-    dit_module._xformers_attention.cache_clear()
+    monkeypatch.setattr(dit_module, "_OPTIONAL_IMPORTS", {})  # forget earlier import attempts
+    return calls
 
 
 def small(attention="sdpa"):
@@ -60,14 +59,11 @@ def test_xformers_layout_gives_the_sdpa_outputs(fake_xformers):
 
 def test_missing_xformers_and_unknown_backends_are_refused(monkeypatch):
     monkeypatch.setitem(sys.modules, "xformers", None)  # import fails
-    dit_module._xformers_attention.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="needs the xformers package"):
-            small("xformers")
-        with pytest.raises(ValueError, match="needs the xformers package"):
-            small().set_attention("xformers")
-        assert small("auto").blocks[0].attn._uses_xformers(torch.zeros(1, 1, 48)) is False
-    finally:
-        dit_module._xformers_attention.cache_clear()
+    monkeypatch.setattr(dit_module, "_OPTIONAL_IMPORTS", {})  # forget earlier import attempts
+    with pytest.raises(ValueError, match="needs the xformers package"):
+        small("xformers")
+    with pytest.raises(ValueError, match="needs the xformers package"):
+        small().set_attention("xformers")
+    assert small("auto").blocks[0].attn._uses_xformers(torch.zeros(1, 1, 48)) is False
     with pytest.raises(ValueError, match="attention must be one of"):
         small().set_attention("flash")

@@ -371,3 +371,24 @@ def test_preset_overrides() -> None:
     x = torch.randn(1, 2, 8, 8)
     with torch.no_grad():
         assert model(x, torch.rand(1), torch.tensor([3])).shape == x.shape
+
+
+def test_the_models_implement_the_protocol():
+    from nag_engine.models import (
+        ARCHITECTURES,
+        Denoiser,
+        FunctionDenoiser,
+        NoiseLevelHead,
+        TrainableDenoiser,
+        ring_mixture,
+    )
+
+    for model in (tiny_mlp(), tiny_dit(None)):
+        assert isinstance(model, TrainableDenoiser)
+    assert isinstance(ring_mixture(), Denoiser)
+    plain = FunctionDenoiser(lambda x, t, y, drop_t, drop_y: x)
+    assert isinstance(plain, Denoiser) and not isinstance(plain, TrainableDenoiser)
+    assert not isinstance(nn.Linear(2, 2), Denoiser)
+    # every registered architecture but the noise-level head is a trainable denoiser
+    for name, cls in ARCHITECTURES.items():
+        assert cls is NoiseLevelHead or hasattr(cls, "init_null_noise"), name

@@ -119,6 +119,8 @@ def test_bad_training_options():
         TrainConfig(p_t=2.0)
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"stepz": 3})
+    # configs saved by earlier versions hold a removed "extra" field: still readable
+    assert TrainConfig.from_dict({"steps": 3, "extra": {"note": 1}}) == TrainConfig(steps=3)
 
 
 def test_training_with_the_contrastive_loss(ring):

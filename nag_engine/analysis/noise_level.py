@@ -40,7 +40,7 @@ from typing import Optional, Protocol, Union, runtime_checkable
 
 import torch
 
-from ..models.analytic import GaussianMixtureModel, _time_prior
+from ..models.analytic import GaussianMixtureModel, time_prior
 from ..schedules import Schedule, get_schedule
 from ..training.cdl import noise_log_ratio
 
@@ -324,7 +324,7 @@ class ImplicitClassifier:
         self.time_grid = times  # increasing in t
         self.cell_widths = widths
         self.log_snr_grid = self.schedule.log_snr(times)
-        log_prior = _time_prior(time_distribution, times) + torch.log(widths)
+        log_prior = time_prior(time_distribution, times) + torch.log(widths)
         self.time_log_prior = log_prior - torch.logsumexp(log_prior, 0)
         scale = torch.sqrt(self.schedule.alpha(times) ** 2 + self.schedule.sigma(times) ** 2)
         self.state_scale = scale

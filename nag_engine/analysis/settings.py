@@ -67,11 +67,6 @@ def setting_options(name: str, scales: Scales, estimator: Any = None) -> dict[st
     return options
 
 
-def needs_labels(name: str) -> bool:
-    """Does the setting use class labels (CFG)?"""
-    return "cfg" in name.split("+")
-
-
 def resolve_estimator(
     spec: Union[str, Path], model_name: str, model: nn.Module, reference: Any
 ) -> Any:

@@ -5,12 +5,11 @@ schedule the noisy marginal is again a mixture, N(alpha mu_k, diag(alpha^2 s_k^2
 so the optimal denoiser, the score, log p_t(x) and the posterior over the noise level p(t | x)
 are all in closed form (the last up to a 1-D integral over t, done on a fine grid).
 
-`GaussianMixtureModel` implements the model protocol: called as
-`model(x, t, y=None, drop_t=None, drop_y=None)` it returns the exact prediction of the declared
-type. With `drop_y` it answers for the whole mixture; with `drop_t` it is the optimal
-*noise-unconditional* denoiser, E[target | x], with t distributed as in training. Arithmetic is
-float64. It is a test oracle: rows that drop t are gathered by boolean indexing, which
-synchronises with the host.
+`GaussianMixtureModel` is a `nag_engine.models.protocol.Denoiser` that returns the exact
+prediction of the declared type. With `drop_y` it answers for the whole mixture; with `drop_t` it
+is the optimal *noise-unconditional* denoiser, E[target | x], with t distributed as in training
+(`time_distribution`, log density `time_prior`). Arithmetic is float64. It is a test oracle:
+rows that drop t are gathered by boolean indexing, which synchronises with the host.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from ..schedules import Schedule, get_schedule
 Tensor = torch.Tensor
 
 
-def _time_prior(spec: Union[str, tuple], t: Tensor) -> Tensor:
+def time_prior(spec: Union[str, tuple], t: Tensor) -> Tensor:
     """Unnormalised log density of the training time distribution on (0, 1)."""
     if spec == "uniform":
         return torch.zeros_like(t)
@@ -92,7 +91,7 @@ class GaussianMixtureModel(nn.Module):
         self.time_distribution = time_distribution
         grid = (torch.arange(time_points, dtype=torch.float64) + 0.5) / time_points
         self.register_buffer("time_grid", grid)
-        log_prior = _time_prior(time_distribution, grid)
+        log_prior = time_prior(time_distribution, grid)
         self.register_buffer("time_log_prior", log_prior - torch.logsumexp(log_prior, 0))
 
     # ----------------------------------------------------------------- building blocks

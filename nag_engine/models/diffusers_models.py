@@ -1,5 +1,5 @@
-"""diffusers' `UNet2DModel` and `DiTTransformer2DModel` in the nag_engine model protocol, with a
-learned null noise embedding so they can be fine-tuned for NAG.
+"""diffusers' `UNet2DModel` and `DiTTransformer2DModel` as `nag_engine.models.protocol.Denoiser`s,
+with a learned null noise embedding so they can be fine-tuned for NAG.
 
     model = DiffusersDenoiser.wrap(unet, scheduler=DDPMScheduler(...))   # or scheduler config
     ne.sample(model, 16, 50, solver="ddim")
@@ -25,6 +25,9 @@ substitute the null vector) and its label dropout turned off (class dropout is t
 Class conditioning: DiT's label table has a null row (class `num_embeds_ada_norm`) when it was
 trained with class dropout; a class-conditional UNet2DModel has none unless its last class id
 was reserved for it (`null_class`). Without a null class there is no CFG and no class dropout.
+
+Over 400 lines because the wrapper, its scheduler mapping and the loading of model folders are
+one adapter to one foreign library, and change together.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def _plain_config(config: Any) -> dict[str, Any]:
 
 
 class DiffusersDenoiser(nn.Module):
-    """A diffusers `UNet2DModel` or `DiTTransformer2DModel` as a nag_engine denoiser.
+    """A diffusers `UNet2DModel` or `DiTTransformer2DModel` as a nag_engine denoiser
+    (`nag_engine.models.protocol.TrainableDenoiser`).
 
     Build one with `wrap` (a live diffusers model), `from_config` (what checkpoints store) or
     `nag_engine.convert.convert_checkpoint(folder, out, format="diffusers")`."""
@@ -395,15 +399,15 @@ def load_diffusers_folder(
     return model.eval(), notes
 
 
-def convert_diffusers_folder(
+def diffusers_folder_checkpoint(
     folder: Union[str, Path],
-    dst: Union[str, Path],
     *,
     scheduler: Union[None, str, Path] = None,
     null_class: Optional[int] = None,
-) -> Path:
-    """Write a diffusers model folder as a nag_engine checkpoint (see `load_diffusers_folder`)."""
-    from ..checkpoints import save_checkpoint
+) -> tuple[DiffusersDenoiser, dict[str, Any]]:
+    """(model, checkpoint config) of a diffusers model folder (see `load_diffusers_folder`), the
+    null noise embedding started at the mean timestep embedding: what
+    `nag_engine.convert.convert_checkpoint(folder, dst, format="diffusers")` saves."""
     from ..training.losses import training_times
 
     model, notes = load_diffusers_folder(folder, scheduler=scheduler, null_class=null_class)
@@ -423,4 +427,4 @@ def convert_diffusers_folder(
             "null_noise_init": "mean timestep embedding over the training times",
         },
     }
-    return save_checkpoint(dst, model, config)
+    return model, config

@@ -1,20 +1,24 @@
 """DiT: a diffusion transformer denoiser (Peebles & Xie, "Scalable Diffusion Models with
-Transformers", 2023), written for the nag_engine model protocol.
+Transformers", 2023), a `nag_engine.models.protocol.Denoiser`.
 
 Pipeline: patchify (Conv2d, kernel = stride = patch) + fixed 2-D sin-cos positional
 embedding -> ``depth`` adaLN-Zero transformer blocks conditioned on
 ``c = timestep embedding + label embedding`` -> final adaLN layer -> unpatchify.
 No learned sigma: the output has as many channels as the input.
 
-``modulate`` and ``gated_residual`` are the plain torch versions of the block's elementwise
-pieces. For sampling, LayerNorm + modulation and the gated residual run as fused Triton kernels
-(`nag_engine.kernels.adaln`): by default ("auto") on CUDA tensors without autograd, where triton
-imports; `DiT.set_fused_kernels("on" | "off" | "auto")` changes that.
+The blocks call ``modulate_norm`` (LayerNorm + adaLN modulation) and ``gated_add`` (the gated
+residual), which run the fused Triton kernels of `nag_engine.kernels.adaln` or their plain torch
+versions ``modulate`` / ``gated_residual``: the kernels by default ("auto") on CUDA tensors without
+autograd, where triton imports; `DiT.set_fused_kernels("on" | "off" | "auto")` changes that.
+
+Over 400 lines because it is the whole architecture in one file, read top to bottom like DiT's own
+models.py: elementwise pieces, positional embedding, layers, the model, the paper-size presets.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -43,9 +47,11 @@ __all__ = [
     "FinalLayer",
     "check_attention",
     "PatchEmbed",
+    "gated_add",
     "gated_residual",
     "get_2d_sincos_pos_embed",
     "modulate",
+    "modulate_norm",
 ]
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers")
@@ -67,17 +73,25 @@ def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     return x + gate[:, None] * y
 
 
-@functools.cache
-def _adaln_kernels():
+# Optional imports (triton kernels, xformers), tried once each: {name: (module or function,
+# None) or (None, why not)}. A plain dict rather than functools.cache, which torch.compile warns
+# about (it traces through the cache wrapper); it reads a dict without complaint.
+_OPTIONAL_IMPORTS: dict[str, tuple[Any, str | None]] = {}
+
+
+def _adaln_kernels() -> tuple[ModuleType | None, str | None]:
     """(nag_engine.kernels.adaln, None), or (None, why not) where triton does not import."""
-    try:
-        from nag_engine.kernels import adaln
-    except Exception as err:  # ImportError, or triton failing to initialise
-        return None, f"{type(err).__name__}: {err}"
-    return adaln, None
+    if "adaln" not in _OPTIONAL_IMPORTS:
+        try:
+            from nag_engine.kernels import adaln
+        except Exception as err:  # ImportError, or triton failing to initialise
+            _OPTIONAL_IMPORTS["adaln"] = (None, f"{type(err).__name__}: {err}")
+        else:
+            _OPTIONAL_IMPORTS["adaln"] = (adaln, None)
+    return _OPTIONAL_IMPORTS["adaln"]
 
 
-def _fused_kernels(mode: str, x: Tensor):
+def _fused_kernels(mode: str, x: Tensor) -> ModuleType | None:
     """The adaln kernel module when tokens ``x`` take the fused path under ``mode``, else None.
 
     "auto": CUDA tensors, autograd off, triton importable. "on": always (RuntimeError where it
@@ -97,6 +111,26 @@ def _fused_kernels(mode: str, x: Tensor):
             "set_fused_kernels('auto')"
         )
     return kernels
+
+
+def modulate_norm(
+    norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor, fused: str
+) -> Tensor:
+    """``modulate(norm(x), shift, scale)``: one fused kernel where the ``fused`` mode takes it
+    for ``x`` (see `DiT.set_fused_kernels`), else plain torch."""
+    kernels = _fused_kernels(fused, x)
+    if kernels is not None:
+        return kernels.layernorm_modulate(x, shift, scale, norm.eps)
+    return modulate(norm(x), shift, scale)
+
+
+def gated_add(x: Tensor, gate: Tensor, y: Tensor, fused: str) -> Tensor:
+    """``gated_residual(x, gate, y)``: one fused kernel where the ``fused`` mode takes it for
+    ``x`` (see `DiT.set_fused_kernels`), else plain torch."""
+    kernels = _fused_kernels(fused, x)
+    if kernels is not None:
+        return kernels.gated_residual(x, gate, y)
+    return gated_residual(x, gate, y)
 
 
 # --------------------------------------------------------------------------------------
@@ -144,14 +178,16 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-@functools.cache
-def _xformers_attention():
+def _xformers_attention() -> Callable[..., Tensor] | None:
     """xformers.ops.memory_efficient_attention, or None where xformers does not import."""
-    try:
-        from xformers.ops import memory_efficient_attention
-    except Exception:  # ImportError, or a build for another torch
-        return None
-    return memory_efficient_attention
+    if "xformers" not in _OPTIONAL_IMPORTS:
+        try:
+            from xformers.ops import memory_efficient_attention
+        except Exception as err:  # ImportError, or a build for another torch
+            _OPTIONAL_IMPORTS["xformers"] = (None, f"{type(err).__name__}: {err}")
+        else:
+            _OPTIONAL_IMPORTS["xformers"] = (memory_efficient_attention, None)
+    return _OPTIONAL_IMPORTS["xformers"][0]
 
 
 def check_attention(backend: str) -> str:
@@ -212,22 +248,16 @@ class DiTBlock(nn.Module):
             nn.Linear(mlp_hidden, hidden_size),
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.fused = "auto"  # see _fused_kernels; set through DiT.set_fused_kernels
+        self.fused = "auto"  # fused kernel mode, set through DiT.set_fused_kernels
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """Apply the block to tokens ``x`` ``[B, N, D]`` under conditioning ``c`` ``[B, D]``."""
         mod = self.adaLN_modulation(c).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-        kernels = _fused_kernels(self.fused, x)
-        if kernels is not None:
-            eps = self.norm1.eps
-            h = kernels.layernorm_modulate(x, shift_msa, scale_msa, eps)
-            x = kernels.gated_residual(x, gate_msa, self.attn(h))
-            h = kernels.layernorm_modulate(x, shift_mlp, scale_mlp, eps)
-            return kernels.gated_residual(x, gate_mlp, self.mlp(h))
-        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        x = gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x
+        h = modulate_norm(self.norm1, x, shift_msa, scale_msa, self.fused)
+        x = gated_add(x, gate_msa, self.attn(h), self.fused)
+        h = modulate_norm(self.norm2, x, shift_mlp, scale_mlp, self.fused)
+        return gated_add(x, gate_mlp, self.mlp(h), self.fused)
 
 
 class FinalLayer(nn.Module):
@@ -243,10 +273,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """Project tokens ``[B, N, D]`` to ``[B, N, p*p*C]``."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        kernels = _fused_kernels(self.fused, x)
-        if kernels is not None:
-            return self.linear(kernels.layernorm_modulate(x, shift, scale, self.norm_final.eps))
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulate_norm(self.norm_final, x, shift, scale, self.fused))
 
 
 # --------------------------------------------------------------------------------------
@@ -257,10 +284,8 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """Diffusion transformer over latents / images ``x`` ``[B, in_channels, size, size]``.
 
-    Called as ``model(x, t, y=None, *, drop_t=None, drop_y=None)``; returns a tensor with the
-    shape and dtype of ``x`` holding the ``prediction`` target ("velocity", "eps", "x0" or "v").
-    ``drop_t`` / ``drop_y`` rows use the learned null noise / null class embeddings; ``y=None``
-    on a class-conditional model means the null class for every row.
+    Implements `nag_engine.models.protocol.TrainableDenoiser` (the call, the null embeddings and
+    the attributes are described there).
 
     ``time_scale``, ``time_offset``, ``time_snap``: how our t becomes the network's timestep
     (`embeddings.model_timestep`; the defaults give ``1000 t``). Converted DiT / SiT checkpoints

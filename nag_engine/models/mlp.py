@@ -2,7 +2,7 @@
 
 Architecture: input Linear -> ``depth`` adaLN-Zero residual blocks conditioned on
 ``c = timestep embedding (+ label embedding)`` -> LayerNorm -> Linear (zero init).
-Follows the nag_engine model protocol ``model(x, t, y=None, *, drop_t=None, drop_y=None)``.
+A `nag_engine.models.protocol.Denoiser`.
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ class ResidualBlock(nn.Module):
 class MLPDenoiser(nn.Module):
     """Residual adaLN-Zero MLP denoiser for ``x`` of shape ``[B, dim]``.
 
-    Called as ``model(x, t, y=None, *, drop_t=None, drop_y=None)``; returns a tensor with the
-    shape and dtype of ``x`` holding the ``prediction`` target ("velocity", "eps" or "x0").
-    ``drop_t`` / ``drop_y`` rows use the learned null noise / null class embeddings; ``y=None``
-    on a class-conditional model means the null class for every row.
+    Implements `nag_engine.models.protocol.TrainableDenoiser` (the call, the null embeddings and
+    the attributes are described there).
     """
 
     supports_noise_dropout = True

@@ -1,4 +1,5 @@
-"""Adapters that give foreign denoisers the model protocol of nag_engine."""
+"""Adapters that give foreign denoisers the model protocol of nag_engine
+(`nag_engine.models.protocol.Denoiser`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class FunctionDenoiser(nn.Module):
     """Wraps a plain function `fn(x, t, y, drop_t, drop_y) -> prediction` as a model.
 
     The function receives the protocol's arguments unchanged (drop flags may be None); the
-    wrapper only declares what the sampler needs to know about it."""
+    wrapper only declares the attributes of `nag_engine.models.protocol.Denoiser`."""
 
     def __init__(
         self,

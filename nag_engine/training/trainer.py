@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -64,7 +63,6 @@ class TrainConfig:
     # without noise dropout: "mean" (the mean timestep embedding over the training times; see
     # benchmarks/RESULTS.md for why), "zero", or "keep" (whatever the checkpoint holds)
     null_noise_init: str = "mean"
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the config
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -86,6 +84,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from a dict (a preset, a checkpoint's "train" entry, --set options); unknown
+        keys are refused."""
+        # checkpoints from earlier versions (the shipped ones too) hold an "extra" dict, a
+        # removed, never-read field: ignored
+        values = {k: v for k, v in values.items() if k != "extra"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -387,8 +390,3 @@ def check_data_fits(model: nn.Module, data: DataSet) -> None:
             f"the data's labels lie in [{low}, {high}] but the model has {classes} classes "
             f"(ids 0..{classes - 1}); relabel the data"
         )
-
-
-def config_to_json(config: TrainConfig) -> str:
-    """The training config as JSON (for the CLI and logs)."""
-    return json.dumps(dataclasses.asdict(config), indent=2)
