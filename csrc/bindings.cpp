@@ -68,7 +68,7 @@ NagStepArgs make_args(const at::Tensor& out, const at::Tensor& weights, const at
                 "weights and coef must be 2-D float32 tables with unit column stride on x's device");
   }
   TORCH_CHECK(weights.size(1) >= out.size(0), "weights has fewer columns than passes");
-  TORCH_CHECK(coef.size(1) == NAG_COEF_COLUMNS, "coef must have 5 columns (a, b, b2, c, keep)");
+  TORCH_CHECK(coef.size(1) == NAG_COEF_COLUMNS, "coef must have 6 columns (a, b, b2, c, keep, d)");
   TORCH_CHECK(coef.size(0) >= 1 && weights.size(0) >= 1, "the coef and weights tables are empty");
   TORCH_CHECK(stage.numel() == 1 && stage.device() == x.device() &&
                   (stage.scalar_type() == at::kInt || stage.scalar_type() == at::kLong),

@@ -4,7 +4,11 @@
 //
 //   g      = sum_p w[stage][p] * out[p]                       (fp32, in pass order)
 //   x_out  = a*x + b*g (+ b2*g_prev) (+ c*z)                  (fp32; a, b, b2, c = coef[stage])
-//   x_new  = keep ? x_out : x;  g_out = g;  next[s] = x_out   (s = 0..next_slots-1)
+//   x_new  = keep ? x_out : x;  next[s] = x_out               (s = 0..next_slots-1)
+//   g_out  = d != 0 ? g + d*x : g                             (x: the state read, before update)
+//
+// g_out is what the next stage reads as g_prev: g itself for most solvers (d = 0, bit for bit),
+// or a quantity that also depends on the state (DPM-Solver++(2M) carries D/B = g + (A/B) x).
 //
 // All arrays hold n elements in one memory order (the state's); out and next hold their
 // slots back to back (slot p starts at element p*n). x_new may alias x and g_out may alias
@@ -17,7 +21,7 @@ extern "C" {
 #endif
 
 enum NagDtype { NAG_F32 = 0, NAG_F16 = 1, NAG_BF16 = 2 };
-enum { NAG_COEF_COLUMNS = 5 };  // a, b, b2, c, keep
+enum { NAG_COEF_COLUMNS = 6 };  // a, b, b2, c, keep, d
 
 typedef struct NagStepArgs {
   const void* out;      // [passes, n] model outputs, out_dtype

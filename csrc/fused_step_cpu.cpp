@@ -20,6 +20,7 @@ constexpr int64_t GRAIN_BLOCKS = 32;  // below 32 Ki elements one thread does it
 struct Row {
   float a, b, b2, c;
   bool keep;
+  float d;
   float w[4];
 };
 
@@ -53,6 +54,10 @@ void run_blocks(const NagStepArgs& args, const Row& r) {
       if (args.z != nullptr) {
         const float* z = args.z + start;
         for (int64_t i = 0; i < len; ++i) xo[i] += r.c * z[i];
+      }
+      // g_out = g + d x (x: the state read); exactly g where d = 0
+      if (r.d != 0.0f) {
+        for (int64_t i = 0; i < len; ++i) g[i] += r.d * x[i];
       }
       // writes, after every read of this block (g_out may alias g_prev, x_new may alias x)
       for (int s = 0; s < args.next_slots; ++s) {
@@ -88,7 +93,7 @@ extern "C" void nag_fused_step_cpu(const NagStepArgs* args) {
                                           : *static_cast<const int32_t*>(args->stage);
   const float* row = args->coef + stage * args->coef_stride;
   const float* w = args->weights + stage * args->w_stride;
-  Row r{row[0], row[1], row[2], row[3], row[4] != 0.0f, {0.0f, 0.0f, 0.0f, 0.0f}};
+  Row r{row[0], row[1], row[2], row[3], row[4] != 0.0f, row[5], {0.0f, 0.0f, 0.0f, 0.0f}};
   for (int p = 0; p < args->passes; ++p) r.w[p] = w[p];
   switch (args->out_dtype) {
     case NAG_F16:

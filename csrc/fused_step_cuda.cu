@@ -118,6 +118,11 @@ __global__ void __launch_bounds__(THREADS) fused_step_kernel(NagStepArgs args, b
 #pragma unroll
     for (int k = 0; k < VEC; ++k) xo[k] += c * o[k];
   }
+  const float d = row[5];  // g_out = g + d x (x: the state read); exactly g where d = 0
+  if (args.g_out != nullptr && d != 0.0f) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) g[k] += d * x[k];
+  }
   // every read of these elements is done: now the writes (g_out may alias g_prev)
   Next* next = static_cast<Next*>(args.next);
   for (int s = 0; s < args.next_slots; ++s) store8(next + s * n + start, left, full, xo);

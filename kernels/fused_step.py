@@ -5,10 +5,11 @@ fp16), combines them with the pass weights, applies ``x_out = a x + b g + b2 g_p
 fp32, and writes
 
 * the new fp32 state (``x_out`` where the stage keeps its result, else ``x``),
-* the guided prediction ``g`` (fp32) when asked (callbacks, Heun, multistep),
+* ``g_out = g + d x`` (fp32; x the state read, before the update) when asked -- what the next
+  stage reads as g_prev (Heun, multistep) or a callback sees; exactly ``g`` where ``d = 0``,
 * ``x_out`` into every pass slot of the next model input (in the model's dtype).
 
-The coefficients ``a, b, b2, c, keep`` and the pass weights are read from device tables at row
+The coefficients ``a, b, b2, c, keep, d`` and the pass weights are read from device tables at row
 ``stage`` -- a device int tensor -- so no host scalar changes from step to step and a captured
 CUDA graph stays valid. Tensors are processed as flat element arrays in their memory order, so
 contiguous and channels-last layouts both work as long as all of them share the same strides.
@@ -34,13 +35,13 @@ BLOCK = 1024
 def _fused_step_kernel(
     out_ptr,  # [P, n] model outputs
     w_ptr,  # [stages, w_stride] pass weights
-    coef_ptr,  # [stages, 5] a, b, b2, c, keep
+    coef_ptr,  # [stages, 6] a, b, b2, c, keep, d
     stage_ptr,  # [] int, the row to read
     x_ptr,  # [n] fp32 state
     gprev_ptr,  # [n] fp32 previous prediction (HAS_GPREV)
     z_ptr,  # [n] noise (HAS_Z)
     xnew_ptr,  # [n] fp32 new state (may alias x_ptr)
-    g_ptr,  # [n] fp32 guided prediction (WRITE_G; may alias gprev_ptr)
+    g_ptr,  # [n] fp32 g + d x (WRITE_G; may alias gprev_ptr)
     next_ptr,  # [PN, n] next model input
     n,
     w_stride,
@@ -75,7 +76,8 @@ def _fused_step_kernel(
     for p in tl.static_range(PN):
         tl.store(next_ptr + p * n + offs, x_out.to(next_ptr.dtype.element_ty), mask=mask)
     if WRITE_G:
-        tl.store(g_ptr + offs, g, mask=mask)
+        d = tl.load(row + 5)
+        tl.store(g_ptr + offs, tl.where(d != 0.0, g + d * x, g), mask=mask)
     tl.store(xnew_ptr + offs, tl.where(keep != 0.0, x_out, x), mask=mask)
 
 
@@ -114,7 +116,7 @@ fused_step = contract_step(
     name="fused_step",
     doc="""Run the fused step; returns the new state (`x_new`, default: x updated in place).
 
-    out [P, *shape] (P = 1..4; any float dtype), weights [stages, >= P] fp32, coef [stages, 5]
+    out [P, *shape] (P = 1..4; any float dtype), weights [stages, >= P] fp32, coef [stages, 6]
     fp32 (`nag_engine.backends.COEF_COLUMNS`), stage a 0-d integer tensor on the device, x
     [*shape] fp32. g_prev, z, g_out, x_new: [*shape] (fp32; z any float); next_input
     [P', *shape] (P' >= 0). x must be dense (contiguous or channels-last); the outputs (x_new,

@@ -16,8 +16,9 @@ here and why not.
 
 Every backend implements one contract (DESIGN.md §4): ``fused_step(out, weights, coef, stage,
 x, *, x_new, g_prev, z, g_out, next_input)`` with coefficient table columns
-`COEF_COLUMNS` = (a, b, b2, c, keep) and pass weights, both indexed by the device-side
-``stage`` counter.
+`COEF_COLUMNS` = (a, b, b2, c, keep, d) and pass weights, both indexed by the device-side
+``stage`` counter. A stage computes ``x_out = a x + b g + b2 g_prev + c z`` and writes
+``g_out = g + d x`` (x the state it read; exactly g where d = 0), see `nag_engine.solvers`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Optional
 import torch
 
 Tensor = torch.Tensor
-COEF_COLUMNS = ("a", "b", "b2", "c", "keep")
+COEF_COLUMNS = ("a", "b", "b2", "c", "keep", "d")
 BACKENDS = ("triton", "cuda", "cpp", "reference")
 ENV_VAR = "NAG_ENGINE_BACKEND"
 
@@ -127,6 +128,7 @@ def reference_step(
         b2=row[2] if g_prev is not None else None,
         z=z,
         c=row[3] if z is not None else None,
+        d=row[5] if g_out is not None else None,
         next_input=next_input if next_input is not None and next_input.shape[0] else None,
     )
     if g_out is not None:
@@ -156,8 +158,8 @@ def implementation(name: str) -> Callable[..., Tensor]:
 
 
 def step_tables(columns: dict[str, Tensor], plan) -> tuple[Tensor, Tensor]:
-    """(coef [stages, 5], weights [stages, max passes]) float32 device tables from a StageTable's
-    device columns (``StageTable.tensors``) and a GuidancePlan."""
+    """(coef [stages, 6] with the `COEF_COLUMNS`, weights [stages, max passes]) float32 device
+    tables from a StageTable's device columns (``StageTable.tensors``) and a GuidancePlan."""
     coef = torch.stack([columns[name].float() for name in COEF_COLUMNS], dim=1)
     return coef, plan.weight_table(coef.device).to(torch.float32)
 

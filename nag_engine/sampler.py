@@ -306,7 +306,6 @@ class Sampler:
             return self._finish_batch(bufs, start, stop, None)
 
         # eager: the same stage, with the host-side extras and per-step reporting
-        g_out = bufs.g_prev if bufs.g_prev is not None else (bufs.g if callback else None)
         traj = [x.clone()] if keep_traj else None
         x_start = prediction = None
         with plan.autocast():
@@ -315,9 +314,16 @@ class Sampler:
                 starts_step = k == 0 or stages.step[k - 1] != i
                 if callback is not None and starts_step:
                     x_start = x.clone()
-                run_stage(plan, self._step, bufs, plan.passes.passes[k], k, g_out)
+                # g_out holds g + d x where a solver carries more than g (d != 0): the
+                # callback's prediction is then combined from the passes themselves
+                own_g = callback is not None and starts_step and stages.d[k] != 0.0
+                report = bufs.g if own_g else None
+                g_out = bufs.g_prev
+                if g_out is None and callback is not None and not own_g:
+                    g_out = bufs.g
+                run_stage(plan, self._step, bufs, plan.passes.passes[k], k, g_out, report)
                 if callback is not None and starts_step:
-                    prediction = g_out.clone()
+                    prediction = (report if own_g else g_out).clone()
                 if not stages.keep[k]:
                     continue
                 if callback is not None:  # the stage that ends step i

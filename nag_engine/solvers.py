@@ -4,12 +4,20 @@ A solver turns a time grid into a sequence of model evaluations ("stages"). At s
 network is evaluated at (x_in, t_k), the passes are combined into the guided prediction g, and
 
     x_out = a_k * x + b_k * g + b2_k * g_prev + c_k * z
+    g_out = g + d_k * x
 
-where x is the solver state, g_prev the guided prediction of the previous stage and z standard
-normal noise. x_out is always the next model input; it becomes the new state when `keep_k` is
-set (the predictor stage of Heun keeps the old state). The coefficients fold in the conversion
-from the model's prediction type, so g stays in the model's native output. This is the contract
-that the fused kernels implement; `guided_step` is its plain-torch reference.
+where x is the solver state (before the update), g_prev what the previous stage wrote to g_out
+and z standard normal noise. x_out is always the next model input; it becomes the new state when
+`keep_k` is set (the predictor stage of Heun keeps the old state). g_out is what the stage hands
+on to the next one: g itself where d_k = 0 (every solver but multistep), or a quantity that also
+depends on the state, like the data prediction D = A x + B g scaled to D / B = g + (A / B) x,
+which DPM-Solver++(2M) needs one step later. The coefficients fold in the conversion from the
+model's prediction type, so g stays in the model's native output. This is the contract that the
+fused kernels implement; `guided_step` is its plain-torch reference.
+
+Each solver writes its rows in its own maths with `Lin`, a linear combination of the stage's
+inputs X (the state), G (this stage's guided output), G_PREV (the previous stage's g_out) and
+Z (noise), e.g. Euler's ``X + dt * v`` with the velocity ``v = A X + B G``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,51 @@ Tensor = torch.Tensor
 DIFFUSIONS = ("sigma", "sbdm", "constant")
 
 
+class Lin:
+    """A linear combination of a stage's inputs, with float64 host coefficients: terms "x" (the
+    state), "g" (the guided output), "g_prev" (the previous stage's g_out) and "z" (noise).
+
+    Only the terms present are multiplied and added, in the order the expression is written, so
+    a row written as ``X + dt * v`` computes its floats exactly like ``1.0 + dt * A, dt * B``."""
+
+    __slots__ = ("terms",)
+    NAMES = ("x", "g", "g_prev", "z")
+
+    def __init__(self, **terms: float):
+        unknown = set(terms) - set(self.NAMES)
+        if unknown:
+            raise ValueError(f"unknown terms {sorted(unknown)}: a stage's inputs are {self.NAMES}")
+        self.terms = {name: terms[name] for name in self.NAMES if name in terms}
+
+    def __add__(self, other: Lin) -> Lin:
+        terms = dict(self.terms)
+        for name, value in other.terms.items():
+            terms[name] = terms[name] + value if name in terms else value
+        return Lin(**terms)
+
+    def __sub__(self, other: Lin) -> Lin:
+        return self + (-1.0) * other
+
+    def __rmul__(self, scale: float) -> Lin:
+        return Lin(**{name: scale * value for name, value in self.terms.items()})
+
+    def __getitem__(self, name: str) -> float:
+        return self.terms.get(name, 0.0)
+
+    def __repr__(self) -> str:
+        return " + ".join(f"{v!r}*{k}" for k, v in self.terms.items()) or "0"
+
+    def one_stage_later(self) -> Lin:
+        """The same quantity seen from the next stage, which receives this stage's g as g_prev
+        (valid where this stage's g_out is g, i.e. d = 0)."""
+        if "g_prev" in self.terms or "z" in self.terms:
+            raise ValueError(f"{self} cannot be carried to the next stage")
+        return Lin(**{("g_prev" if k == "g" else k): v for k, v in self.terms.items()})
+
+
+X, G, G_PREV, Z = Lin(x=1.0), Lin(g=1.0), Lin(g_prev=1.0), Lin(z=1.0)
+
+
 @dataclass
 class StageTable:
     """One row per model evaluation: where it is evaluated and how its result is applied."""
@@ -41,19 +94,41 @@ class StageTable:
     c: list[float] = field(default_factory=list)
     keep: list[bool] = field(default_factory=list)  # does x_out become the new state?
     step: list[int] = field(default_factory=list)  # the sampling step this stage belongs to
+    d: list[float] = field(default_factory=list)  # g_out = g + d x (0: g_out = g)
 
-    def add(self, t, a, b, *, step: int, b2=0.0, c=0.0, keep: bool = True) -> None:
-        values = [float(v) for v in (t, a, b, b2, c)]
+    def add(self, t, a, b, *, step: int, b2=0.0, c=0.0, keep: bool = True, d=0.0) -> None:
+        values = [float(v) for v in (t, a, b, b2, c, d)]
         if not all(math.isfinite(v) for v in values):
             raise ValueError(
                 f"solver coefficients are not finite at t={values[0]:.6g} (step {step}): the "
                 "schedule, prediction type and solver are singular there; start below t = 1 "
                 "(t_max) or choose another solver / diffusion"
             )
-        for name, v in zip(("t", "a", "b", "b2", "c"), values):
+        for name, v in zip(("t", "a", "b", "b2", "c", "d"), values):
             getattr(self, name).append(v)
         self.keep.append(keep)
         self.step.append(step)
+
+    def add_row(
+        self, t, x_out: Lin, *, step: int, keep: bool = True, g_out: Optional[Lin] = None
+    ) -> None:
+        """Append the stage at time t whose update is `x_out` (a Lin of X, G, G_PREV, Z) and
+        which hands on `g_out` (G + d X; default G)."""
+        d = 0.0
+        if g_out is not None:
+            if set(g_out.terms) - {"x", "g"} or g_out["g"] != 1.0:
+                raise ValueError(f"g_out must be G + d * X, got {g_out}")
+            d = g_out["x"]
+        self.add(
+            t,
+            x_out["x"],
+            x_out["g"],
+            b2=x_out["g_prev"],
+            c=x_out["z"],
+            keep=keep,
+            d=d,
+            step=step,
+        )
 
     def __len__(self) -> int:
         return len(self.t)
@@ -70,7 +145,7 @@ class StageTable:
         """The coefficient columns as float32 (keep: bool) device tensors, indexed by stage."""
         out = {
             name: torch.tensor(getattr(self, name), dtype=torch.float64).to(device, torch.float32)
-            for name in ("t", "a", "b", "b2", "c")
+            for name in ("t", "a", "b", "b2", "c", "d")
         }
         out["keep"] = torch.tensor(self.keep, dtype=torch.bool, device=device)
         return out
@@ -81,13 +156,19 @@ def _coef(schedule: Schedule, prediction: str, target: str, t: float) -> tuple[f
     return float(a), float(b)
 
 
+def _predicted(schedule: Schedule, prediction: str, target: str, t: float) -> Lin:
+    """The `target` prediction at time t as a Lin of the stage's X and G: A X + B G."""
+    a, b = _coef(schedule, prediction, target, t)
+    return a * X + b * G
+
+
 def euler(schedule: Schedule, prediction: str, grid: Sequence[float]) -> StageTable:
     """Euler for the probability-flow ODE dx/dt = v(x, t)."""
     table = StageTable()
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
-        av, bv = _coef(schedule, prediction, "velocity", t)
+        v = _predicted(schedule, prediction, "velocity", t)
         dt = t_next - t
-        table.add(t, 1.0 + dt * av, dt * bv, step=i)
+        table.add_row(t, X + dt * v, step=i)
     return table
 
 
@@ -96,18 +177,21 @@ def heun(schedule: Schedule, prediction: str, grid: Sequence[float]) -> StageTab
     t = 0, where the corrector's velocity is undefined (Karras et al. 2022)."""
     table = StageTable()
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
-        av, bv = _coef(schedule, prediction, "velocity", t)
         dt = t_next - t
-        a1, b1 = 1.0 + dt * av, dt * bv
+        v1 = _predicted(schedule, prediction, "velocity", t)  # v(x, t) from the first output g1
+        x_pred = X + dt * v1  # the Euler predictor
         if t_next <= 0.0:
-            table.add(t, a1, b1, step=i)
+            table.add_row(t, x_pred, step=i)
             continue
-        # predictor: x_pred = a1 x + b1 g1, state kept
-        table.add(t, a1, b1, step=i, keep=False)
-        # corrector: x + dt/2 (v(x, t) + v(x_pred, t_next)), v = A x + B g, g_prev = g1
-        an, bn = _coef(schedule, prediction, "velocity", t_next)
+        table.add_row(t, x_pred, step=i, keep=False)  # evaluate there, keep x
+        # the corrector stage reads x, g2 = the output at (x_pred, t_next) and g_prev = g1
+        v1, x_pred = v1.one_stage_later(), x_pred.one_stage_later()
+        an, bn = _coef(schedule, prediction, "velocity", t_next)  # v2 = an x_pred + bn g2
         h = 0.5 * dt
-        table.add(t_next, 1.0 + h * av + h * an * a1, h * bn, b2=h * bv + h * an * b1, step=i)
+        # trapezoid x + h (v1 + v2), written x + h v1 + (h an) x_pred + (h bn) g2: this
+        # grouping of the products is the one whose floats the tables have always had
+        x_next = X + h * v1 + (h * an) * x_pred + (h * bn) * G
+        table.add_row(t_next, x_next, step=i)
     return table
 
 
@@ -140,12 +224,13 @@ def euler_maruyama(
         raise ValueError(f"diffusion_scale must be >= 0, got {diffusion_scale}")
     table = StageTable()
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
-        av, bv = _coef(schedule, prediction, "velocity", t)
-        a_s, b_s = _coef(schedule, prediction, "score", t)
+        v = _predicted(schedule, prediction, "velocity", t)
+        score = _predicted(schedule, prediction, "score", t)
         w = _diffusion(schedule, t, diffusion, diffusion_scale)
         dt = t_next - t
+        drift = v - (0.5 * w) * score
         noise = math.sqrt(w * -dt) if t_next > 0.0 else 0.0
-        table.add(t, 1.0 + dt * (av - 0.5 * w * a_s), dt * (bv - 0.5 * w * b_s), c=noise, step=i)
+        table.add_row(t, X + dt * drift + noise * Z, step=i)
     return table
 
 
@@ -159,14 +244,14 @@ def ddim(
         raise ValueError(f"eta must be >= 0, got {eta}")
     table = StageTable()
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
-        a0, b0 = _coef(schedule, prediction, "x0", t)
-        ae, be = _coef(schedule, prediction, "eps", t)
+        x0 = _predicted(schedule, prediction, "x0", t)
+        eps = _predicted(schedule, prediction, "eps", t)
         alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
         alpha_n, sigma_n = float(schedule.alpha(t_next)), float(schedule.sigma(t_next))
         ratio = (alpha * sigma_n) / (alpha_n * sigma) if sigma_n > 0.0 else 0.0
         s = min(eta * sigma_n * math.sqrt(max(0.0, 1.0 - ratio**2)), sigma_n)
         k = math.sqrt(max(0.0, sigma_n**2 - s**2))
-        table.add(t, alpha_n * a0 + k * ae, alpha_n * b0 + k * be, c=s, step=i)
+        table.add_row(t, alpha_n * x0 + k * eps + s * Z, step=i)
     return table
 
 
@@ -193,15 +278,62 @@ def ddpm(
     return table
 
 
+def _log_alpha_over_sigma(schedule: Schedule, t: float) -> float:
+    """lambda = log(alpha / sigma): -inf where alpha = 0, +inf where sigma = 0."""
+    alpha, sigma = float(schedule.alpha(t)), float(schedule.sigma(t))
+    if alpha == 0.0 or sigma == 0.0:
+        return -math.inf if alpha == 0.0 else math.inf
+    return math.log(alpha / sigma)
+
+
+def dpmpp_2m(schedule: Schedule, prediction: str, grid: Sequence[float]) -> StageTable:
+    """DPM-Solver++(2M) (Lu et al. 2022), as k-diffusion's `sample_dpmpp_2m`: the data-prediction
+    multistep solver in lambda = log(alpha / sigma). With D_i the x0 prediction at step i and
+    h = lambda_next - lambda,
+
+        x_next = (sigma_next / sigma) x + alpha_next (1 - e^-h) D',
+        D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1},  r = h_{i-1} / h,
+
+    and D' = D_i on the first step and on a step that lands on sigma = 0. One model evaluation
+    per step. D_{i-1} = A x_{i-1} + B g_{i-1} depends on the previous state, so each stage hands
+    on D / B = g + (A / B) x (the d column) and the next one scales it back by B. Starting at
+    alpha = 0 (t = 1 on the linear schedule) is exact where the x0 conversion is finite there
+    (velocity, x0, v: the first step is x_next = sigma_next x / sigma + alpha_next D_0)."""
+    table = StageTable()
+    h_last, b_last = None, None
+    for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+        sigma, sigma_n = float(schedule.sigma(t)), float(schedule.sigma(t_next))
+        alpha_n = float(schedule.alpha(t_next))
+        a0, b0 = _coef(schedule, prediction, "x0", t)  # D = a0 x + b0 g
+        if b0 == 0.0 or sigma == 0.0:
+            raise ValueError(
+                f"dpm++2m cannot evaluate the model at t={t:.6g} (step {i}), where sigma = 0: "
+                "end the grid there"
+            )
+        denoised = a0 * X + b0 * G
+        h = _log_alpha_over_sigma(schedule, t_next) - _log_alpha_over_sigma(schedule, t)
+        if not h > 0.0:
+            raise ValueError(f"dpm++2m needs a grid of falling noise level, got {t} -> {t_next}")
+        if h_last is None or sigma_n == 0.0:
+            d_used = denoised
+        else:
+            r = h_last / h
+            d_prev = b_last * G_PREV  # g_prev holds D_{i-1} / B_{i-1}
+            d_used = (1.0 + 1.0 / (2.0 * r)) * denoised - (1.0 / (2.0 * r)) * d_prev
+        x_next = (sigma_n / sigma) * X + (alpha_n * -math.expm1(-h)) * d_used
+        table.add_row(t, x_next, step=i, g_out=G + (a0 / b0) * X)
+        h_last, b_last = h, b0
+    return table
+
+
 SOLVERS: dict[str, Callable[..., StageTable]] = {
     "euler": euler,
     "heun": heun,
     "euler-maruyama": euler_maruyama,
     "ddim": ddim,
     "ddpm": ddpm,
+    "dpm++2m": dpmpp_2m,
 }
-
-ORDERS = {"euler": 1, "heun": 2, "ddim": 1}  # ODE solvers (ddim with eta = 0)
 
 
 def build_stages(
@@ -234,6 +366,7 @@ def guided_step(
     b2: Optional[Tensor] = None,
     z: Optional[Tensor] = None,
     c: Optional[Tensor] = None,
+    d: Optional[Union[Tensor, float]] = None,
     next_input: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """The fused guidance + solver step, in plain torch (the reference of every kernel).
@@ -242,7 +375,9 @@ def guided_step(
     the P pass weights, x the float32 state [B, ...]. Computes g = sum_p w_p out_p and
     x_out = a x + b g + b2 g_prev + c z in float32, writes x_out into every pass slot of
     `next_input` [P', B, ...] (the next model input, in the model's dtype) when given, and returns
-    (new state, g): the new state is x_out where `keep`, else x."""
+    (new state, g_out): the new state is x_out where `keep`, else x; g_out = g + d x, the
+    quantity the stage hands on as the next stage's g_prev: exactly g where d is None or 0 (even
+    where x is infinite)."""
     g = combine_reference(list(out), list(weights))
     x_out = a * x + b * g
     if g_prev is not None and b2 is not None:
@@ -251,6 +386,11 @@ def guided_step(
         x_out = x_out + c * z
     if next_input is not None:
         next_input.copy_(x_out.unsqueeze(0).expand_as(next_input))
+    g_out = g
+    if isinstance(d, Tensor):  # a device scalar: no host read
+        g_out = torch.where(d != 0, g + d * x, g)
+    elif d is not None and d != 0.0:
+        g_out = g + d * x
     if isinstance(keep, bool):
-        return (x_out if keep else x), g
-    return torch.where(keep, x_out, x), g
+        return (x_out if keep else x), g_out
+    return torch.where(keep, x_out, x), g_out

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .guidance import Pass
+from .guidance import Pass, combine_reference
 from .noise import CounterNoise
 from .plan import SamplingPlan
 
@@ -77,6 +77,7 @@ def run_stage(
     passes: tuple[Pass, ...],
     k: Optional[int],
     g_out: Optional[Tensor],
+    report: Optional[Tensor] = None,
 ) -> None:
     """One model evaluation with pass set `passes` and its fused guidance + solver step, at the
     device-side stage counter `bufs.stage` (which it advances).
@@ -85,7 +86,8 @@ def run_stage(
     host-side extras (time-shift sampler, classifier-based NAG), noise drawn only where the stage
     has any, and next-input slots only for the next stage's passes. Captured, every stage draws
     noise (multiplied by c = 0 where a step has none) and fills every slot, so one graph serves
-    all stages of a pass set. `g_out` receives the step's g output (None: not kept)."""
+    all stages of a pass set. `g_out` receives the step's g output (None: not kept); `report`
+    (eager only) the guided prediction g itself, for a callback where g_out is not g."""
     tables = plan.tables
     batch, shape = bufs.batch, bufs.shape
     p, rows = len(passes), len(passes) * batch
@@ -104,6 +106,9 @@ def run_stage(
         y_cond = bufs.y_in[:batch] if bufs.y_in is not None else None
         delta = plan.classifier.delta(k, bufs.x_in[:batch].float(), y_cond)
         out.view(p, batch, *shape).add_(delta.to(out.dtype))
+
+    if report is not None:
+        report.copy_(combine_reference(list(out.view(p, batch, *shape)), plan.passes.weights[k]))
 
     # 2. guidance + solver update + next model input, fused
     if k is None:

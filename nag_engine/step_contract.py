@@ -78,10 +78,10 @@ def prepare(
         raise ValueError("x must be dense (contiguous or channels-last); pass x.contiguous()")
     if out.ndim != x.ndim + 1 or not 1 <= out.shape[0] <= MAX_PASSES:
         raise ValueError(f"out must be [P, *x.shape] with 1 <= P <= 4, got {tuple(out.shape)}")
-    if weights.ndim != 2 or weights.shape[1] < out.shape[0] or coef.ndim != 2 or coef.shape[1] != 5:
+    if weights.ndim != 2 or weights.shape[1] < out.shape[0] or coef.ndim != 2 or coef.shape[1] != 6:
         raise ValueError(
-            f"weights must be [stages, >= {out.shape[0]}] and coef [stages, 5], got "
-            f"{tuple(weights.shape)} and {tuple(coef.shape)}"
+            f"weights must be [stages, >= {out.shape[0]}] and coef [stages, 6] (a, b, b2, c, "
+            f"keep, d), got {tuple(weights.shape)} and {tuple(coef.shape)}"
         )
     for name, t in (("x_new", x_new), ("g_prev", g_prev), ("g_out", g_out)):
         if t is not None and t.dtype != torch.float32:

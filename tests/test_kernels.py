@@ -6,6 +6,7 @@ nag_engine._C; on a GPU machine, Triton and the CUDA kernel on CUDA tensors."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nag_engine import Sampler, backends
+from nag_engine.guidance import combine_reference
 from nag_engine.models import MLPDenoiser
 from nag_engine.models.analytic import ring_mixture
 
@@ -35,13 +37,14 @@ def kernel(request):
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# solver forms: (keep, uses g_prev, uses z)
+# solver forms: (keep, uses g_prev, uses z, hands on g + d x with d != 0)
 FORMS = {
-    "euler": (True, False, False),
-    "heun-predictor": (False, False, False),
-    "multistep": (True, True, False),
-    "sde": (True, False, True),
-    "all": (True, True, True),
+    "euler": (True, False, False, False),
+    "heun-predictor": (False, False, False, False),
+    "multistep": (True, True, False, False),
+    "dpm-multistep": (True, True, False, True),
+    "sde": (True, False, True, False),
+    "all": (True, True, True, True),
 }
 
 
@@ -49,7 +52,7 @@ def case(passes, dtype, n, form, slots=2, seed=0, shape=None):
     """Random inputs of one step, with the reference's results."""
     g = torch.Generator().manual_seed(seed)
     shape = shape or (n,)
-    keep, uses_prev, uses_z = FORMS[form]
+    keep, uses_prev, uses_z, uses_d = FORMS[form]
     stages = 3
     weights = torch.randn(stages, 4, generator=g)
     coef = torch.randn(stages, 5, generator=g)
@@ -63,6 +66,8 @@ def case(passes, dtype, n, form, slots=2, seed=0, shape=None):
         "g_prev": torch.randn(*shape, generator=g) if uses_prev else None,
         "z": torch.randn(*shape, generator=g) if uses_z else None,
     }
+    d = torch.randn(stages, 1, generator=g) if uses_d else torch.zeros(stages, 1)
+    inputs["coef"] = torch.cat([coef, d], dim=1)  # COEF_COLUMNS: a, b, b2, c, keep, d
     inputs = {k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()}
     return inputs, slots
 
@@ -121,6 +126,42 @@ def test_keep_false_leaves_the_state_but_writes_the_next_input(kernel):
     assert not torch.allclose(next_input[0], before)
 
 
+def test_g_out_is_g_plus_d_times_the_state_read(kernel):
+    """g_out = g + d x with x the state before the update, also when the state is updated in
+    place and g_out overwrites g_prev (how the sampler calls a multistep solver)."""
+    fused_step = kernel[1]
+    inputs, slots = case(3, torch.bfloat16, 1000, "dpm-multistep")
+    a, b, b2, _, _, d = inputs["coef"][1].tolist()
+    assert d != 0.0 and b2 != 0.0
+    x, g_prev = inputs["x"].clone(), inputs["g_prev"].clone()
+    args = (inputs["out"], inputs["weights"], inputs["coef"], inputs["stage"], x)
+    fused_step(*args, g_prev=g_prev, g_out=g_prev)
+    g = combine_reference(list(inputs["out"]), inputs["weights"][1, :3].tolist())
+    expected_x = a * inputs["x"] + b * g + b2 * inputs["g_prev"]
+    torch.testing.assert_close(x, expected_x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_prev, g + d * inputs["x"], rtol=1e-5, atol=1e-5)
+
+
+# the Triton interpreter evaluates both sides of tl.where: 0 * inf warns in numpy
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+@pytest.mark.parametrize("form", ["multistep", "all"])
+def test_d_zero_hands_on_exactly_g(form):
+    """With d = 0, g_out is the guided prediction g itself, as before the d column existed: bit
+    for bit on CPU (where the kernels form g like the reference; CUDA may fuse multiply-adds),
+    and no NaN from 0 * inf where the state is infinite."""
+    inputs, slots = case(3, torch.float16, 1023, form)
+    inputs["coef"][:, 5] = 0.0
+    inputs["x"][5], inputs["x"][700] = math.inf, -math.inf
+    g = combine_reference(list(inputs["out"]), inputs["weights"][1, :3].tolist())
+    assert torch.isfinite(g).all()
+    for fused_step in [backends.reference_step] + [backends.implementation(k) for k in KERNELS]:
+        _, g_out, _ = run(fused_step, inputs, slots, torch.float16)
+        if DEVICE == "cpu":
+            assert torch.equal(g_out, g), fused_step.__name__
+        else:
+            torch.testing.assert_close(g_out, g, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("counter", [torch.int32, torch.int64])
 def test_stage_counter_selects_the_row(kernel, counter):
     fused_step = kernel[1]
@@ -137,8 +178,8 @@ def test_tables_with_a_row_stride(kernel):
     """Coefficient and weight tables that are views of wider tables are read by row stride."""
     inputs, slots = case(3, torch.float32, 64, "all")
     wide = torch.randn(3, 8, device=DEVICE)
-    wide[:, :5] = inputs["coef"]
-    inputs["coef"] = wide[:, :5]
+    wide[:, :6] = inputs["coef"]
+    inputs["coef"] = wide[:, :6]
     wide_w = torch.randn(3, 7, device=DEVICE)
     wide_w[:, :4] = inputs["weights"]
     inputs["weights"] = wide_w[:, :4]
@@ -194,6 +235,10 @@ def test_bad_input_is_refused(kernel):
         fused_step(
             inputs["out"], inputs["weights"], inputs["coef"], inputs["stage"], inputs["x"].double()
         )
+    with pytest.raises(ValueError, match=r"coef \[stages, 6\]"):
+        fused_step(
+            inputs["out"], inputs["weights"], inputs["coef"][:, :5], inputs["stage"], inputs["x"]
+        )
     with pytest.raises(ValueError, match="strides"):
         fused_step(
             inputs["out"],
@@ -219,7 +264,7 @@ def test_kernel_equals_reference_property(passes, n, form, dtype, seed):
         assert_same(backends.implementation(name), inputs, slots, DTYPES[dtype])
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama", "ddim"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama", "ddim", "dpm++2m"])
 def test_sampling_gives_the_same_samples_on_every_backend(solver):
     torch.manual_seed(0)
     model = MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=3).to(DEVICE)
@@ -292,4 +337,8 @@ def test_native_binding_checks_its_arguments():
         _C.fused_step_cpu(*args, torch.empty(8), None, None, None, None)
     with pytest.raises(RuntimeError, match="past the end"):
         args[3] = torch.tensor(7, dtype=torch.int32)
+        _C.fused_step_cpu(*args, inputs["x"].clone(), None, None, None, None)
+    args[3] = inputs["stage"]
+    args[2] = inputs["coef"][:, :5].contiguous()  # the table before the d column
+    with pytest.raises(RuntimeError, match="6 columns"):
         _C.fused_step_cpu(*args, inputs["x"].clone(), None, None, None, None)

@@ -87,12 +87,16 @@ def test_callback_sees_every_step(mixture):
         assert pred_shape == (8, 2) and start == 0
 
 
-def test_callback_prediction_is_the_model_output_at_the_step_start(mixture):
+@pytest.mark.parametrize(
+    "solver,steps", [("euler", 3), ("heun", 3), ("dpm++2m", 3), ("dpm++2m", 6)]
+)  # dpm++2m: first order throughout at 3 steps (no g_prev), multistep at 6
+def test_callback_prediction_is_the_model_output_at_the_step_start(mixture, solver, steps):
     seen = []
     ne.sample(
         mixture,
         8,
-        3,
+        steps,
+        solver=solver,
         progress=False,
         nag_scale=0.0,
         callback=lambda info: seen.append((info.t, info.x.clone(), info.prediction.clone())),

@@ -17,7 +17,14 @@ from nag_engine.solvers import build_stages, guided_step
 
 COMBOS = [("linear", "velocity"), ("vp", "eps"), ("vp-cosine", "x0")]
 # enough steps that discretisation bias stays well inside the sampling noise of 4,000 samples
-SOLVER_STEPS = {"euler": 100, "heun": 50, "euler-maruyama": 200, "ddim": 100, "ddpm": 300}
+SOLVER_STEPS = {
+    "euler": 100,
+    "heun": 50,
+    "euler-maruyama": 200,
+    "ddim": 100,
+    "ddpm": 300,
+    "dpm++2m": 50,
+}
 
 
 @pytest.mark.parametrize("solver", list(SOLVER_STEPS))
@@ -80,6 +87,33 @@ def test_heun_stage_structure():
     assert table.b2[1] == pytest.approx(-0.1)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "vp", "vp-cosine"])
+@pytest.mark.parametrize("prediction", ["velocity", "eps", "x0", "v"])
+def test_rows_are_the_expanded_formulas_bit_for_bit(schedule, prediction):
+    """The rows written as maths (`Lin`) give exactly the floats of the expanded products."""
+    grid = [float(t) for t in time_grid(9, shift=3.0, t_max=0.97)]
+    sched = get_schedule(schedule)
+
+    def coef(target, t):
+        return tuple(float(v) for v in conversion_coefficients(prediction, target, sched, t))
+
+    heun = build_stages("heun", schedule, prediction, grid)
+    em = build_stages("euler-maruyama", schedule, prediction, grid, diffusion_scale=0.7)
+    rows_heun, rows_em = [], []
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        (av, bv), dt = coef("velocity", t), t_next - t
+        a1, b1 = 1.0 + dt * av, dt * bv
+        rows_heun.append((a1, b1, 0.0))
+        if t_next > 0.0:
+            (an, bn), h = coef("velocity", t_next), 0.5 * dt
+            rows_heun.append((1.0 + h * av + h * an * a1, h * bn, h * bv + h * an * b1))
+        (a_s, b_s), w = coef("score", t), 0.7 * float(sched.sigma(t))
+        rows_em.append((1.0 + dt * (av - 0.5 * w * a_s), dt * (bv - 0.5 * w * b_s), 0.0))
+    assert list(zip(heun.a, heun.b, heun.b2)) == rows_heun
+    assert list(zip(em.a, em.b, em.b2)) == rows_em
+    assert heun.d == [0.0] * len(heun) and em.d == [0.0] * len(em)
+
+
 def test_ddpm_is_ddim_with_eta_one():
     grid = time_grid(10)
     ddpm = build_stages("ddpm", "vp", "eps", grid)
@@ -108,13 +142,13 @@ def test_ddim_last_step_returns_the_x0_prediction():
     assert table.a[-1] == pytest.approx(float(a0)) and table.b[-1] == pytest.approx(float(b0))
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama", "ddim", "ddpm"])
+@pytest.mark.parametrize("solver", ["euler", "heun", "euler-maruyama", "ddim", "ddpm", "dpm++2m"])
 @pytest.mark.parametrize("schedule", ["linear", "vp", "vp-cosine"])
 @pytest.mark.parametrize("prediction", ["velocity", "eps", "x0"])
 def test_coefficients_are_finite_from_t_max_to_zero(solver, schedule, prediction):
     model = ring_mixture(4, schedule=schedule, prediction=prediction)
     sampler = ne.Sampler(model, 7, solver=solver)
-    for column in ("a", "b", "b2", "c"):
+    for column in ("a", "b", "b2", "c", "d"):
         assert all(math.isfinite(v) for v in getattr(sampler.stages, column))
     assert sampler.grid[-1] == 0.0
     x = sampler.sample(16, progress=False)
