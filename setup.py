@@ -117,6 +117,7 @@ setup(
     packages=[
         "nag_engine",
         "nag_engine.analysis",
+        "nag_engine.backends",
         "nag_engine.cli",
         "nag_engine.models",
         "nag_engine.training",

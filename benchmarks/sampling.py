@@ -38,7 +38,7 @@ from nag_engine import backends
 from nag_engine.models import DiT
 from nag_engine.models.dit import DIT_CONFIGS
 
-CFG, NAG = 1.5, 0.5  # DESIGN.md's convention: cfg_scale 1.0 and nag_scale 0.0 are off
+CFG, NAG = 1.5, 0.5  # cfg_scale 1.0 and nag_scale 0.0 are off (docs/ARCHITECTURE.md §1)
 VARIANTS = ("a", "b", "c", "d", "e", "f")
 LABELS = {
     "a": "(a) eager fp32, 3 forwards",

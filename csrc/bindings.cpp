@@ -1,7 +1,7 @@
 // pybind11 bindings of the fused step (nag_engine._C): tensors in, checked, raw pointers out to
 // the C++ CPU kernel or (when built with NAG_WITH_CUDA) the CUDA kernel.
 //
-// The Python wrapper (nag_engine/native.py) brings read-only inputs into the state's layout
+// The Python wrapper (nag_engine/backends/native.py) brings read-only inputs into the state's layout
 // first; the checks here keep a direct call from reading past an array (the stage index of a
 // CUDA call lives on the device: the kernel traps on one outside the tables). The kernels run
 // without the GIL.
@@ -129,7 +129,7 @@ void fused_step_cuda(const at::Tensor& out, const at::Tensor& weights, const at:
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "nag_engine native kernels: the fused guidance + solver step (DESIGN.md section 4)";
+  m.doc() = "nag_engine native kernels: the fused guidance + solver step (docs/ARCHITECTURE.md section 4)";
   namespace py = pybind11;
   m.def("fused_step_cpu", &fused_step_cpu, "fused guidance + solver step, C++ on CPU tensors",
         py::arg("out"), py::arg("weights"), py::arg("coef"), py::arg("stage"), py::arg("x"),

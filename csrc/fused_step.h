@@ -1,4 +1,4 @@
-// The fused guidance + solver step (DESIGN.md §4): the argument block shared by the C++ CPU
+// The fused guidance + solver step (docs/ARCHITECTURE.md §4): the argument block shared by the C++ CPU
 // kernel, the CUDA kernel and the pybind11 bindings. Plain C, so the CUDA source compiles
 // with nvcc alone (no torch headers).
 //

@@ -1,6 +1,7 @@
 """Triton kernels (installed as `nag_engine.kernels`).
 
-* `fused_step`: the fused guidance + solver step (reference: `nag_engine.solvers.guided_step`).
+* `fused_step`: the fused guidance + solver step (reference:
+  `nag_engine.backends.reference.reference_step`).
 * `adaln`: the DiT hot paths, LayerNorm + adaLN modulation and the gated residual (forward only;
   references: `nag_engine.models.dit.modulate` / `gated_residual`). `DiT` uses them on CUDA
   tensors without autograd (`DiT.set_fused_kernels`).

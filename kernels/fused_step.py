@@ -1,4 +1,4 @@
-"""The fused guidance + solver step in Triton (DESIGN.md §4).
+"""The fused guidance + solver step in Triton (docs/ARCHITECTURE.md §4).
 
 One kernel per sampler stage: reads the stacked model output of the P passes (fp32, bf16 or
 fp16), combines them with the pass weights, applies ``x_out = a x + b g + b2 g_prev + c z`` in
@@ -14,7 +14,7 @@ The coefficients ``a, b, b2, c, keep, d`` and the pass weights are read from dev
 CUDA graph stays valid. Tensors are processed as flat element arrays in their memory order, so
 contiguous and channels-last layouts both work as long as all of them share the same strides.
 
-Reference: `nag_engine.solvers.guided_step`. On CPU tensors the kernel runs under
+Reference: `nag_engine.backends.reference.reference_step`. On CPU tensors the kernel runs under
 ``TRITON_INTERPRET=1`` (that is how the tests check it without a GPU).
 """
 
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nag_engine.step_contract import StepInputs, contract_step
+from nag_engine.backends.checks import StepInputs, contract_step
 
 Tensor = torch.Tensor
 

@@ -1,5 +1,5 @@
 """The fused Picard update of the parallel sampler in Triton (reference:
-`nag_engine.parallel.picard_update_reference`).
+`nag_engine.backends.reference.picard_update_reference`).
 
 For a window of L steps starting at x_s = xs[0], in one pass over memory:
 

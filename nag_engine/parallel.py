@@ -199,30 +199,3 @@ class ParallelSampler:
         with plan.autocast():
             out = plan.evaluate(x_in, t_in.reshape(rows), y_in, drop_t, drop_y)
         return out.view(length, passes, *xs.shape[1:])
-
-
-def picard_update_reference(
-    out: Tensor,
-    weights: Tensor,
-    a: Tensor,
-    b: Tensor,
-    c: Tensor,
-    xs: Tensor,
-    z: Optional[Tensor] = None,
-) -> Tensor:
-    """One Picard update of a window in plain torch (the reference of the fused kernel).
-
-    out [L, P, B, ...] model outputs, weights [L, P] pass weights, a / b / c [L] the steps'
-    coefficients, xs [L + 1, B, ...] the window's points (xs[0] = its exact start; rows 1..L
-    are replaced by the new estimates), z [L, B, ...] the steps' noise or None. Returns the
-    mean squared change per element of each new point, [L, B]."""
-    length = out.shape[0]
-    per_step = (-1,) + (1,) * (xs.ndim - 1)
-    g = (weights.view(*weights.shape, *([1] * (xs.ndim - 1))) * out.float()).sum(1)
-    drift = (a.view(per_step) - 1) * xs[:length] + b.view(per_step) * g
-    if z is not None:
-        drift = drift + c.view(per_step) * z
-    new = xs[0] + torch.cumsum(drift, dim=0)
-    change = (new - xs[1:]).square().flatten(2).mean(2)
-    xs[1:] = new
-    return change

@@ -62,20 +62,13 @@ class StepInfo:
 
 
 class Sampler:
-    """Reusable sampler for one model and one configuration (steps, solver, guidance).
-
-    The plan (time grid, stage table, guidance plan, device tables; `nag_engine.plan`) is built
-    once; the static buffers are kept per batch shape, so repeated calls allocate nothing new.
-    Options: solver, schedule, cfg_scale / nag_scale (1.0 / 0.0 are off) and their intervals,
-    time_shift, t_max, spacing, sample_shape, eps_scaling, time_shift_sampler, classifier-based
-    NAG (noise_estimator, classifier_nag_scale, classifier_nag_interval), the solver's own
-    options (eta, variance, diffusion, diffusion_scale), and for speed `dtype` ("bf16" / "fp16" /
-    "fp32": the model's; the state, times and coefficients stay float32), `backend` (the
-    fused step, see nag_engine.backends), `cuda_graphs` ("auto": capture each stage on CUDA
-    where possible, True: capture or raise, False: eager; `graph_status()` says which and why),
-    `compile` (True or torch.compile options for the model's forward). `graph_runner` replaces
-    the CUDA-graph capture (anything with ``capture(body) -> replay`` and a ``captured``
-    count; with one, stages are captured on any device -- the tests use a fake on CPU)."""
+    """Reusable sampler for one model and one configuration (steps, solver, guidance; the
+    options of `sample`). The plan (`nag_engine.plan`) is built once and the static buffers are
+    kept per batch shape, so repeated calls allocate nothing new. `cuda_graphs`: "auto"
+    (capture each stage on CUDA where possible), True (capture or raise), False (eager);
+    `graph_status()` says which and why. `graph_runner` replaces the CUDA-graph capture
+    (anything with ``capture(body, reset) -> replay`` and a ``captured`` count; with one, stages
+    are captured on any device -- the tests use a fake on CPU)."""
 
     def __init__(
         self, model: nn.Module, steps: int, *, graph_runner: Any = None, **options: Any

@@ -13,7 +13,7 @@ on to the next one: g itself where d_k = 0 (every solver but multistep), or a qu
 depends on the state, like the data prediction D = A x + B g scaled to D / B = g + (A / B) x,
 which DPM-Solver++(2M) needs one step later. The coefficients fold in the conversion from the
 model's prediction type, so g stays in the model's native output. This is the contract that the
-fused kernels implement; `guided_step` is its plain-torch reference.
+fused kernels implement (`nag_engine.backends`, docs/ARCHITECTURE.md §4).
 
 Each solver writes its rows in its own maths with `Lin`, a linear combination of the stage's
 inputs X (the state), G (this stage's guided output), G_PREV (the previous stage's g_out) and
@@ -29,7 +29,6 @@ from typing import Optional, Union
 
 import torch
 
-from .guidance import combine_reference
 from .predictions import check_prediction, conversion_coefficients
 from .schedules import Schedule, get_schedule
 
@@ -352,45 +351,3 @@ def build_stages(
         return SOLVERS[solver](get_schedule(schedule), prediction, grid, **options)
     except TypeError as err:
         raise TypeError(f"solver {solver!r} got an unexpected option: {err}") from None
-
-
-def guided_step(
-    out: Tensor,
-    weights: Union[Tensor, Sequence[float]],
-    x: Tensor,
-    a: Tensor,
-    b: Tensor,
-    *,
-    keep: Union[Tensor, bool] = True,
-    g_prev: Optional[Tensor] = None,
-    b2: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    c: Optional[Tensor] = None,
-    d: Optional[Union[Tensor, float]] = None,
-    next_input: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor]:
-    """The fused guidance + solver step, in plain torch (the reference of every kernel).
-
-    `out` [P, B, ...] is the stacked model output of the P passes (any float dtype), `weights`
-    the P pass weights, x the float32 state [B, ...]. Computes g = sum_p w_p out_p and
-    x_out = a x + b g + b2 g_prev + c z in float32, writes x_out into every pass slot of
-    `next_input` [P', B, ...] (the next model input, in the model's dtype) when given, and returns
-    (new state, g_out): the new state is x_out where `keep`, else x; g_out = g + d x, the
-    quantity the stage hands on as the next stage's g_prev: exactly g where d is None or 0 (even
-    where x is infinite)."""
-    g = combine_reference(list(out), list(weights))
-    x_out = a * x + b * g
-    if g_prev is not None and b2 is not None:
-        x_out = x_out + b2 * g_prev
-    if z is not None and c is not None:
-        x_out = x_out + c * z
-    if next_input is not None:
-        next_input.copy_(x_out.unsqueeze(0).expand_as(next_input))
-    g_out = g
-    if isinstance(d, Tensor):  # a device scalar: no host read
-        g_out = torch.where(d != 0, g + d * x, g)
-    elif d is not None and d != 0.0:
-        g_out = g + d * x
-    if isinstance(keep, bool):
-        return (x_out if keep else x), g_out
-    return torch.where(keep, x_out, x), g_out

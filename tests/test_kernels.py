@@ -301,7 +301,7 @@ def test_backend_selection(monkeypatch):
 
 
 def test_auto_falls_back_in_order(monkeypatch):
-    from nag_engine import native
+    from nag_engine.backends import native
 
     monkeypatch.setattr(backends, "_triton_status", lambda: "ImportError: no triton")
     monkeypatch.setattr(native, "status", lambda: {"cpp": None, "cuda": None})

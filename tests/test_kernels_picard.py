@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nag_engine.backends.reference import picard_update_reference
 from nag_engine.models import ring_mixture
-from nag_engine.parallel import ParallelSampler, picard_update_reference
+from nag_engine.parallel import ParallelSampler
 
 pytest.importorskip("triton")
 from nag_engine.kernels.picard import picard_update  # noqa: E402

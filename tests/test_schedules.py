@@ -1,6 +1,6 @@
 """Tests for nag_engine.schedules: alpha / sigma / derivatives / log-SNR and the sampling grid.
 
-Convention (DESIGN.md section 2): t in [0, 1], t = 0 is data, t = 1 is noise and
+Convention (docs/ARCHITECTURE.md §1): t in [0, 1], t = 0 is data, t = 1 is noise and
 x_t = alpha(t) x0 + sigma(t) eps.
 """
 
@@ -118,7 +118,7 @@ def test_vp_matches_discrete_ddpm_alpha_bar():
 
 
 def test_vp_log_snr_at_one_is_ddpm_value():
-    # DDPM's linear schedule ends at log(alpha_bar / (1 - alpha_bar)) ~ -10.05 (DESIGN.md).
+    # DDPM's linear schedule ends at log(alpha_bar / (1 - alpha_bar)) ~ -10.05.
     assert get_schedule("vp").log_snr(1.0).item() == pytest.approx(-10.05, abs=0.01)
 
 

@@ -10,10 +10,11 @@ import torch
 from conftest import N_SAMPLES, log_slope, mode_statistics
 
 import nag_engine as ne
+from nag_engine.backends.reference import reference_step
 from nag_engine.models import ring_mixture
 from nag_engine.predictions import conversion_coefficients
 from nag_engine.schedules import get_schedule, time_grid
-from nag_engine.solvers import build_stages, guided_step
+from nag_engine.solvers import build_stages
 
 COMBOS = [("linear", "velocity"), ("vp", "eps"), ("vp-cosine", "x0")]
 # enough steps that discretisation bias stays well inside the sampling noise of 4,000 samples
@@ -177,22 +178,25 @@ def test_unknown_solver_and_options():
         build_stages("ddim", "vp", "eps", time_grid(4), eta=-1.0)
 
 
-def test_guided_step_matches_the_formula():
+def test_the_reference_step_matches_the_formula():
     gen = torch.Generator().manual_seed(0)
     out = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64).to(torch.bfloat16)
     x, g_prev, z = (torch.randn(5, 4, generator=gen) for _ in range(3))
-    weights = torch.tensor([2.5, -0.5, -1.0])
-    a, b, b2, c = (torch.tensor(v) for v in (0.9, -0.1, 0.05, 0.3))
+    weights = torch.tensor([[0.0, 0.0, 0.0], [2.5, -0.5, -1.0]])  # stage 1 is the one used
+    coef = torch.tensor([[0.0] * 6, [0.9, -0.1, 0.05, 0.3, 1.0, 0.25]])  # a b b2 c keep d
+    stage = torch.tensor(1)
     next_input = torch.empty(2, 5, 4, dtype=torch.bfloat16)
-    new_x, g = guided_step(
-        out, weights, x, a, b, g_prev=g_prev, b2=b2, z=z, c=c, next_input=next_input
+    new_x, g_out = x.clone(), torch.empty(5, 4)
+    reference_step(
+        out, weights, coef, stage, new_x, g_prev=g_prev, z=z, g_out=g_out, next_input=next_input
     )
     expected_g = 2.5 * out[0].float() - 0.5 * out[1].float() - 1.0 * out[2].float()
     expected = 0.9 * x - 0.1 * expected_g + 0.05 * g_prev + 0.3 * z
-    torch.testing.assert_close(g, expected_g)
+    torch.testing.assert_close(g_out, expected_g + 0.25 * x)
     torch.testing.assert_close(new_x, expected)
     assert new_x.dtype == torch.float32
     for p in range(2):
         torch.testing.assert_close(next_input[p], expected.to(torch.bfloat16))
-    kept, _ = guided_step(out, weights, x, a, b, keep=torch.tensor(False))
-    assert torch.equal(kept, x)
+    kept = x.clone()
+    reference_step(out, weights, coef * torch.tensor([1.0, 1, 1, 1, 0, 1]), stage, kept)
+    assert torch.equal(kept, x)  # keep = 0: the state stays

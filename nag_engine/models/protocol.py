@@ -1,6 +1,6 @@
 """The model protocol: what nag_engine reads from a denoiser, written as `typing.Protocol` classes.
 
-This is the one statement of the contract (DESIGN.md, "Key contracts"); the models of this package
+This is the one statement of the contract (docs/ARCHITECTURE.md §1); the models of this package
 and the adapters (`FunctionDenoiser`, `DiffusersDenoiser`) implement it, and the sampler, the
 parallel sampler, the trainer, checkpoints and the analysis tools read it.
 

@@ -1,8 +1,8 @@
 """The native fused step (`nag_engine._C`, built from csrc/ by setup.py): C++ on CPU tensors
 and, where the extension was built with CUDA, CUDA on GPU tensors.
 
-Both wrappers take the same arguments as every other backend (DESIGN.md §4, checked by
-`nag_engine.step_contract.prepare`); the CUDA kernel is launched on the current stream, so it
+Both wrappers take the same arguments as every other backend (docs/ARCHITECTURE.md §4, checked by
+`nag_engine.backends.checks.prepare`); the CUDA kernel is launched on the current stream, so it
 can be captured in a CUDA graph. If the extension is missing, `status()` says why and the
 wrappers raise RuntimeError.
 """
@@ -13,12 +13,12 @@ from typing import Optional
 
 import torch
 
-from .step_contract import Launch, StepInputs, contract_step
+from .checks import Launch, StepInputs, contract_step
 
 Tensor = torch.Tensor
 
 try:
-    from . import _C
+    from .. import _C
 except ImportError as err:  # not built (pure-Python install) or built for another torch
     _C = None
     _IMPORT_ERROR = f"nag_engine._C is not built ({err}); reinstall with " + (

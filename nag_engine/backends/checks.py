@@ -1,5 +1,5 @@
-"""Input checks shared by every fused-step kernel (DESIGN.md §4): the Triton, C++ and CUDA
-wrappers call `prepare` so they accept and refuse the same things.
+"""Input checks shared by every fused-step kernel (docs/ARCHITECTURE.md §4): the Triton, C++
+and CUDA wrappers call `prepare` so they accept and refuse the same things.
 
 `contract_step` wraps a kernel launch into a function with the contract's signature.
 

@@ -1,24 +1,27 @@
-"""One place that picks the implementation of the fused guidance + solver step.
+"""The fused guidance + solver step: its one contract, its reference, its input checks, the
+choice of implementation and the native wrappers (docs/ARCHITECTURE.md §4).
 
-Backends:
+    fused_step(out, weights, coef, stage, x, *, x_new, g_prev, z, g_out, next_input) -> state
 
-* ``"triton"``: the Triton kernel (`nag_engine.kernels.fused_step`), for CUDA tensors (or CPU
-  tensors under ``TRITON_INTERPRET=1``, which is how the tests check it);
+With w = weights[stage] and (a, b, b2, c, keep, d) = coef[stage] (`COEF_COLUMNS`), read on the
+device at the stage counter: g = sum_p w_p out_p; x_out = a x + b g + b2 g_prev + c z;
+g_out <- g + d x; every pass slot of next_input <- x_out; the state <- x_out where keep.
+
+Implementations (`BACKENDS`):
+
+* ``"triton"``: `nag_engine.kernels.fused_step`, for CUDA tensors (or CPU tensors under
+  ``TRITON_INTERPRET=1``, which is how the tests check it);
 * ``"cuda"``: the CUDA kernel of the native extension `nag_engine._C` (csrc/), for CUDA tensors
-  where the extension was built with CUDA;
+  where the extension was built with CUDA (`backends.native`);
 * ``"cpp"``: the C++ kernel of `nag_engine._C`, for CPU tensors (OpenMP over blocks);
-* ``"reference"``: plain torch (`nag_engine.solvers.guided_step` on the same tables), anywhere.
+* ``"reference"``: plain torch, anywhere (`backends.reference`).
 
 ``auto`` picks, for CUDA tensors, Triton, else the CUDA extension, else the reference; for CPU
 tensors the C++ kernel, else the reference. Override with the ``backend=`` argument of the
 sampler or the environment variable ``NAG_ENGINE_BACKEND``; `available()` reports what can run
-here and why not.
-
-Every backend implements one contract (DESIGN.md §4): ``fused_step(out, weights, coef, stage,
-x, *, x_new, g_prev, z, g_out, next_input)`` with coefficient table columns
-`COEF_COLUMNS` = (a, b, b2, c, keep, d) and pass weights, both indexed by the device-side
-``stage`` counter. A stage computes ``x_out = a x + b g + b2 g_prev + c z`` and writes
-``g_out = g + d x`` (x the state it read; exactly g where d = 0), see `nag_engine.solvers`.
+here and why not. The Triton, C++ and CUDA wrappers share one set of input checks
+(`backends.checks`). The fused Picard update of the parallel sampler lives here too
+(`picard_implementation`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Optional
 
 import torch
 
+from .reference import picard_update_reference, reference_step
+
 Tensor = torch.Tensor
 COEF_COLUMNS = ("a", "b", "b2", "c", "keep", "d")
 BACKENDS = ("triton", "cuda", "cpp", "reference")
@@ -40,7 +45,7 @@ ENV_VAR = "NAG_ENGINE_BACKEND"
 def _triton_status() -> Optional[str]:
     """None if the Triton kernels import, else why not."""
     try:
-        from .kernels import fused_step  # noqa: F401
+        from ..kernels import fused_step  # noqa: F401
     except Exception as err:  # ImportError, or triton failing to initialise
         return f"{type(err).__name__}: {err}"
     return None
@@ -97,51 +102,10 @@ def select(device: torch.device | str, backend: Optional[str] = None) -> str:
     return name
 
 
-def reference_step(
-    out: Tensor,
-    weights: Tensor,
-    coef: Tensor,
-    stage: Tensor,
-    x: Tensor,
-    *,
-    x_new: Optional[Tensor] = None,
-    g_prev: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    g_out: Optional[Tensor] = None,
-    next_input: Optional[Tensor] = None,
-) -> Tensor:
-    """The table-driven contract in plain torch, through `nag_engine.solvers.guided_step`
-    (rows gathered on the device with `stage`: no host read)."""
-    from .solvers import guided_step
-
-    passes = out.shape[0]
-    row = coef.index_select(0, stage.reshape(1).long())[0]
-    w = weights.index_select(0, stage.reshape(1).long())[0, :passes]
-    new, g = guided_step(
-        out,
-        list(w.unbind(0)),
-        x,
-        row[0],
-        row[1],
-        keep=row[4] != 0,
-        g_prev=g_prev,
-        b2=row[2] if g_prev is not None else None,
-        z=z,
-        c=row[3] if z is not None else None,
-        d=row[5] if g_out is not None else None,
-        next_input=next_input if next_input is not None and next_input.shape[0] else None,
-    )
-    if g_out is not None:
-        g_out.copy_(g)
-    target = x if x_new is None else x_new
-    target.copy_(new)
-    return target
-
-
 def implementation(name: str) -> Callable[..., Tensor]:
     """The fused-step function of a backend name (see `select`)."""
     if name == "triton":
-        from .kernels.fused_step import fused_step
+        from ..kernels.fused_step import fused_step
 
         return fused_step
     if name == "cuda":
@@ -173,11 +137,9 @@ def picard_backend(step_backend: str) -> str:
 def picard_implementation(name: str) -> Callable[..., Tensor]:
     """The fused Picard update of the parallel sampler (see `nag_engine.parallel`)."""
     if name == "triton":
-        from .kernels.picard import picard_update
+        from ..kernels.picard import picard_update
 
         return picard_update
     if name == "reference":
-        from .parallel import picard_update_reference
-
         return picard_update_reference
     raise ValueError(f"unknown Picard backend {name!r}: choose 'triton' or 'reference'")
