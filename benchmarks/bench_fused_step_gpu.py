@@ -83,7 +83,7 @@ def measure_step(state_bytes: int, dtype: torch.dtype, device: torch.device, rep
     g = torch.empty(n, device=device)
     nxt = torch.empty(PASSES, n, device=device, dtype=dtype)
     weights = torch.tensor([[2.5, -1.0, -0.5, 0.0]], device=device)
-    coef = torch.tensor([[1.0, -0.02, 0.0, 0.0, 1.0]], device=device)
+    coef = torch.tensor([[1.0, -0.02, 0.0, 0.0, 1.0, 0.0]], device=device)  # COEF_COLUMNS
     stage = torch.zeros((), dtype=torch.int32, device=device)
     moved = 2 * PASSES * n * size + 12 * n
     src = torch.empty(moved // 2, dtype=torch.uint8, device=device)

@@ -33,7 +33,7 @@ def inputs(n: int, dtype: torch.dtype) -> dict:
     return {
         "out": torch.randn(PASSES, n, generator=g).to(dtype),
         "weights": weights,
-        "coef": torch.tensor([[A, B, 0.0, 0.0, 1.0]]),
+        "coef": torch.tensor([[A, B, 0.0, 0.0, 1.0, 0.0]]),  # COEF_COLUMNS
         "stage": torch.zeros((), dtype=torch.int32),
         "x": torch.randn(n, generator=g),
         "g": torch.empty(n),

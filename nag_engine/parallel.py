@@ -90,21 +90,10 @@ class ParallelSampler:
         self.picard_backend = backends.picard_backend(self.plan.backend)
         self._picard = backends.picard_implementation(self.picard_backend)
 
-    def sample(
-        self,
-        n: int,
-        *,
-        y: Any = None,
-        seed: int = 0,
-        latents: Optional[Tensor] = None,
-        batch_size: Optional[int] = None,
-        progress: bool = True,
-    ) -> Tensor:
+    def sample(self, n: int, **request: Any) -> Tensor:
         """Draw n samples (float32 [n, *sample_shape]), the same ones the sequential sampler
-        draws with this seed up to the tolerance."""
-        return self.run(
-            n, y=y, seed=seed, latents=latents, batch_size=batch_size, progress=progress
-        ).samples
+        draws with this seed up to the tolerance; the arguments of `run`."""
+        return self.run(n, **request).samples
 
     def run(
         self,

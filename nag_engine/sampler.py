@@ -125,23 +125,10 @@ class Sampler:
         parts = self.stream(n, **request, progress=progress, callback=callback)
         return torch.cat([part.samples for part in parts])
 
-    def trajectory(
-        self,
-        n: int,
-        *,
-        y: Any = None,
-        seed: int = 0,
-        latents: Optional[Tensor] = None,
-        batch_size: Optional[int] = None,
-        progress: bool = True,
-        callback: Optional[Callable[[StepInfo], None]] = None,
-    ) -> Tensor:
+    def trajectory(self, n: int, **request: Any) -> Tensor:
         """The states at every grid time, float32 [steps + 1, n, *sample_shape]: the same run as
         `sample` with the same arguments (its last entry is what `sample` returns)."""
-        request = dict(y=y, seed=seed, latents=latents, batch_size=batch_size)
-        parts = self.stream(
-            n, **request, progress=progress, callback=callback, return_trajectory=True
-        )
+        parts = self.stream(n, **request, return_trajectory=True)
         return torch.cat([part.trajectory for part in parts], dim=1)
 
     def stream(

@@ -47,6 +47,7 @@ CASES = {
         solver="ddpm", cfg_scale=2.0, nag_scale=0.5, cfg_interval=(0.2, 0.9), nag_interval=(0, 0.5)
     ),
     "ddim eta": dict(solver="ddim", eta=0.5, cfg_scale=2.0),
+    "dpm++2m cfg+nag": dict(solver="dpm++2m", cfg_scale=2.0, nag_scale=0.5),
 }
 
 

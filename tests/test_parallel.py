@@ -126,6 +126,8 @@ def test_one_read_back_per_iteration(mixture, monkeypatch):
 def test_bad_input(mixture):
     with pytest.raises(ValueError, match="one-stage solver"):
         ParallelSampler(mixture, 5, solver="heun")
+    with pytest.raises(ValueError, match="one-stage solver.*reads the previous stage"):
+        ParallelSampler(mixture, 8, solver="dpm++2m")  # multistep: not one-stage
     with pytest.raises(ValueError, match="window"):
         ParallelSampler(mixture, 5, window=0)
     with pytest.raises(ValueError, match="tolerance"):

@@ -142,6 +142,25 @@ def test_no_module_imports_private_names_of_another():
     assert not offenders, "\n".join(offenders)
 
 
+def test_no_module_reaches_into_private_members_of_other_objects():
+    """`obj._name` only on self / cls (and the library modules' own private API is not ours to
+    use either); a marker the package sets on a foreign object is named _nag_engine_*."""
+    offenders = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id not in ("self", "cls")
+                and node.attr.startswith("_")
+                and not node.attr.startswith(("__", "_nag_engine"))
+                and node.attr != "_C"
+                and node.attr != "_SubParsersAction"  # add_subparsers()'s type: not exported
+            ):
+                offenders.append(f"{name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not offenders, "\n".join(offenders)
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_a_long_module_says_why_it_is_long(name):
     text = MODULES[name].read_text()

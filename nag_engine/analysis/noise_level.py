@@ -172,7 +172,7 @@ class ExactPosterior:
         quad = x64.square() @ inv.reshape(-1, dim).T  # [B, G*K]
         cross = x64 @ shifted.reshape(-1, dim).T
         log_n = -0.5 * (quad - 2.0 * cross).view(-1, points, modes) - 0.5 * const
-        logw = m._component_log_weights(y, None, len(x64))  # [B, K]
+        logw = m.component_log_weights(y, None, len(x64))  # [B, K]
         log_lik = torch.logsumexp(log_n + logw.unsqueeze(1), dim=2)  # [B, G]
         return torch.log_softmax(log_lik + m.time_log_prior, dim=1)
 

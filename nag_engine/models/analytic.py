@@ -95,7 +95,7 @@ class GaussianMixtureModel(nn.Module):
         self.register_buffer("time_log_prior", log_prior - torch.logsumexp(log_prior, 0))
 
     # ----------------------------------------------------------------- building blocks
-    def _component_log_weights(self, y: Optional[Tensor], drop_y: Optional[Tensor], rows: int):
+    def component_log_weights(self, y: Optional[Tensor], drop_y: Optional[Tensor], rows: int):
         """[rows, K] normalised log weights of the components each row is conditioned on."""
         logw = self.log_weights.expand(rows, -1)
         if y is None:
@@ -183,7 +183,7 @@ class GaussianMixtureModel(nn.Module):
         """The exact prediction (of type `self.prediction`) for the batch."""
         x64 = x.to(self.means.device, torch.float64)
         t64 = torch.as_tensor(t, dtype=torch.float64, device=x64.device).expand(len(x))
-        logw = self._component_log_weights(y, drop_y, len(x))
+        logw = self.component_log_weights(y, drop_y, len(x))
         out = self._predict(t64, self._terms(x64, t64, logw), self.prediction)
         if drop_t is not None:
             rows = drop_t.to(x64.device).nonzero().squeeze(1)
@@ -195,20 +195,20 @@ class GaussianMixtureModel(nn.Module):
         """Exact log p_t(x) (or log p_t(x | y)), float64 [B]. t = 0 gives the data density."""
         x64 = x.to(self.means.device, torch.float64)
         t64 = torch.as_tensor(t, dtype=torch.float64, device=x64.device).expand(len(x))
-        return self._terms(x64, t64, self._component_log_weights(y, None, len(x)))[-1]
+        return self._terms(x64, t64, self.component_log_weights(y, None, len(x)))[-1]
 
     def score(self, x: Tensor, t: Union[float, Tensor], y: Optional[Tensor] = None) -> Tensor:
         """Exact grad_x log p_t(x) (or given y), float64."""
         x64 = x.to(self.means.device, torch.float64)
         t64 = torch.as_tensor(t, dtype=torch.float64, device=x64.device).expand(len(x))
-        terms = self._terms(x64, t64, self._component_log_weights(y, None, len(x)))
+        terms = self._terms(x64, t64, self.component_log_weights(y, None, len(x)))
         return self._predict(t64, terms, "score")
 
     def noise_posterior(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """The exact posterior over the noise level under the training time distribution:
         returns (grid [G], log p(t_j | x) [B, G]) on the model's midpoint time grid."""
         x64 = x.to(self.means.device, torch.float64)
-        _, terms = self._on_grid(x64, self._component_log_weights(y, None, len(x64)))
+        _, terms = self._on_grid(x64, self.component_log_weights(y, None, len(x64)))
         return self.time_grid, self._log_posterior(terms[-1], len(x64))
 
     def component_of(self, x0: Tensor) -> Tensor:
@@ -222,7 +222,7 @@ class GaussianMixtureModel(nn.Module):
         self, n: int, y: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
     ) -> tuple[Tensor, Tensor]:
         """n exact draws of clean data (float64) and the component each came from."""
-        logw = self._component_log_weights(y, None, n)
+        logw = self.component_log_weights(y, None, n)
         comp = torch.multinomial(logw.exp(), 1, generator=generator).squeeze(1)
         noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         return self.means[comp] + self.variances[comp].sqrt() * noise, comp
