@@ -69,8 +69,8 @@ class CudaGraphs:
         self, body: Callable[[], None], reset: Callable[[], None], warmup: int = 2
     ) -> Callable[[], None]:
         """Run `body` `warmup` times on a side stream (lazy init, autotuning), capture it, and
-        return the replay; `reset` runs before each (outside the graph), so every run of the
-        body starts from the same state."""
+        return the replay; `reset` runs before each (outside the graph) -- the sampler's resets
+        its stage counter, so the warm-up runs stay inside the stage tables."""
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)

@@ -43,9 +43,15 @@ def _mix64(h: Tensor, v: Union[Tensor, int]) -> Tensor:
     return _mix(_mix(h, v & _MASK32), v >> 32)
 
 
-def _seed_hash(seed: int) -> int:
+def check_seed(seed: object) -> int:
+    """seed, if it is an int (not a bool); else a TypeError naming it."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return seed
+
+
+def _seed_hash(seed: int) -> int:
+    check_seed(seed)
     h = torch.tensor(0x6A09E667, dtype=torch.int64)
     seed &= (1 << 64) - 1
     for word in (seed & _MASK32, seed >> 32):

@@ -86,6 +86,8 @@ class ParallelSampler:
         # every pass any step uses, run at every window point (weight 0 where a step skips it)
         self.passes = self.plan.passes.all_passes()
         self._weights = self.plan.passes.weight_table(self.plan.device, by_pass=True)
+        columns = self.plan.tables.coef.unbind(1)
+        self._a, self._b, self._c = (columns[backends.COEF_COLUMNS.index(k)] for k in "abc")
         self._variance = noise_variances(self.plan).to(self.plan.device, torch.float32)
         self.picard_backend = backends.picard_backend(self.plan.backend)
         self._picard = backends.picard_implementation(self.picard_backend)
@@ -112,7 +114,7 @@ class ParallelSampler:
         check_latents(latents, n)
         shape = plan.resolve_shape(latents)
         labels = plan.check_labels(y, n)
-        noise = CounterNoise(seed, shape, plan.device)
+        noise = CounterNoise(seed, shape, plan.device)  # checks the seed
         start_time = time.perf_counter()
         results, iterations, evals = [], 0, 0
         with tqdm(total=n, desc="parallel sampling", disable=not progress, leave=False) as bar:
@@ -137,7 +139,7 @@ class ParallelSampler:
     def _sample_batch(self, start, stop, noise, init, labels) -> tuple[Tensor, int, int]:
         """(samples, Picard iterations, per-sample model evaluations) of one batch."""
         plan, steps, window = self.plan, self.plan.steps, self.window
-        tables, passes = plan.tables, len(self.passes)
+        passes = len(self.passes)
         index = torch.arange(start, stop, device=plan.device)
         x0 = init.to(plan.device, torch.float32) if init is not None else noise.normal(index, 0)
         traj = x0.unsqueeze(0).repeat(steps + 1, *([1] * x0.ndim))  # [T + 1, B, ...]
@@ -145,7 +147,6 @@ class ParallelSampler:
         if plan.stages.stochastic:  # stream j + 1 for step j, as in the sequential sampler
             z = torch.stack([noise.normal(index, j + 1) for j in range(steps)])
         flags = plan.drop_flags(self.passes, stop - start, labels is not None)
-        coef = {name: tables.coef[:, backends.COEF_COLUMNS.index(name)] for name in "abc"}
         thresholds = self.tolerance**2 * self._variance
         begin, iterations, evals = 0, 0, 0
         while begin < steps:
@@ -155,9 +156,9 @@ class ParallelSampler:
             change = self._picard(  # traj[begin + 1 : end + 1] updated in place
                 out,
                 self._weights[begin:end],
-                coef["a"][begin:end],
-                coef["b"][begin:end],
-                coef["c"][begin:end],
+                self._a[begin:end],
+                self._b[begin:end],
+                self._c[begin:end],
                 traj[begin : end + 1],
                 None if z is None else z[begin:end],
             ).amax(1)  # the worst sample of each step

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backends, graphs
+from .noise import check_seed
 from .parallel import ParallelSampler
 from .plan import SamplingPlan, check_latents, check_positive_int, make_plan
 from .stage import BatchBuffers, make_buffers, run_stage
@@ -163,6 +164,7 @@ class Sampler:
             raise ValueError(f"indices must be a contiguous sub-range of range({n}), got {indices}")
         shape = plan.resolve_shape(latents)
         labels = plan.check_labels(y, n)
+        check_seed(seed)
         with tqdm(
             total=plan.steps * len(indices),
             desc=f"sampling {len(indices)} x {plan.steps} steps",
@@ -191,7 +193,9 @@ class Sampler:
                 except torch.cuda.OutOfMemoryError:
                     if stop - start == 1:
                         raise
-                    batch_size = self._after_out_of_memory(stop - start, shape, labels, bar)
+                    batch_size = self._after_out_of_memory(
+                        stop - start, shape, labels is not None, bar
+                    )
                     continue
                 yield SampleBatch(start, x.clone(), batch_labels, traj)
                 start = stop
@@ -214,10 +218,10 @@ class Sampler:
             self._buffers[key] = make_buffers(self.plan, batch, shape, labelled)
         return self._buffers[key]
 
-    def _after_out_of_memory(self, failed: int, shape: tuple, labels, bar) -> int:
+    def _after_out_of_memory(self, failed: int, shape: tuple, labelled: bool, bar) -> int:
         """After an out-of-memory error on a batch of `failed` samples: drop its buffers, free
         the cache, and return the halved batch size to go on with."""
-        self._buffers.pop((failed, shape, labels is not None), None)
+        self._buffers.pop((failed, shape, labelled), None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         smaller = max(1, failed // 2)
@@ -245,6 +249,8 @@ class Sampler:
                     )
                     for passes in self.plan.passes.distinct_pass_sets()
                 }
+            except torch.cuda.OutOfMemoryError:
+                raise  # stream() halves the batch; the next shape is captured afresh
             except Exception as err:
                 if self.plan.cuda_graphs is True:
                     raise RuntimeError(
@@ -294,16 +300,11 @@ class Sampler:
                 starts_step = k == 0 or stages.step[k - 1] != i
                 if callback is not None and starts_step:
                     x_start = x.clone()
-                # g_out holds g + d x where a solver carries more than g (d != 0): the
-                # callback's prediction is then combined from the passes themselves
-                own_g = callback is not None and starts_step and stages.d[k] != 0.0
-                report = bufs.g if own_g else None
-                g_out = bufs.g_prev
-                if g_out is None and callback is not None and not own_g:
-                    g_out = bufs.g
-                run_stage(plan, self._step, bufs, plan.passes.passes[k], k, g_out, report)
-                if callback is not None and starts_step:
-                    prediction = (report if own_g else g_out).clone()
+                # the callback's prediction is combined from the passes (g_out may hold g + d x)
+                report = bufs.g if callback is not None and starts_step else None
+                run_stage(plan, self._step, bufs, plan.passes.passes[k], k, bufs.g_prev, report)
+                if report is not None:
+                    prediction = report.clone()
                 if not stages.keep[k]:
                     continue
                 if callback is not None:  # the stage that ends step i
@@ -358,6 +359,11 @@ def sample(
     `parallel=dict(window=..., tolerance=...)` samples by Picard iteration instead
     (`nag_engine.ParallelSampler`, one-stage solvers; its `run` also returns the cost).
     The states at every step: `sample_trajectory`."""
+    if "return_trajectory" in options:
+        raise TypeError(
+            "sample() returns the samples only; for the states at every step call "
+            "sample_trajectory() (or Sampler.trajectory()) with the same arguments"
+        )
     options.update(solver=solver, cfg_scale=cfg_scale, nag_scale=nag_scale)
     if parallel is not None:
         if callback is not None:

@@ -4,6 +4,8 @@ exactly the eager samples with no host work per step."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -13,13 +15,14 @@ from nag_engine.models import FunctionDenoiser, ring_mixture
 
 
 class FakeGraphs:
-    """Stands in for graphs.CudaGraphs on CPU: runs the warm-up, returns the body as replay."""
+    """Stands in for graphs.CudaGraphs on CPU: runs the warm-up, returns the body as replay
+    (`fail`: raised by every capture, or by those of batches larger than `fail_above`)."""
 
-    def __init__(self, fail: Exception | None = None):
-        self.captured, self.fail = 0, fail
+    def __init__(self, fail: Exception | None = None, fail_above: int = 0):
+        self.captured, self.fail, self.fail_above = 0, fail, fail_above
 
     def capture(self, body, reset, warmup=2):
-        if self.fail is not None:
+        if self.fail is not None and self.batch(body) > self.fail_above:
             raise self.fail
         for _ in range(warmup):
             reset()
@@ -27,6 +30,12 @@ class FakeGraphs:
         reset()
         self.captured += 1
         return body
+
+    @staticmethod
+    def batch(body) -> int:
+        """The batch size a captured stage runs (from the sampler's buffers it closes over)."""
+        bufs = inspect.getclosurevars(body).nonlocals.get("bufs")
+        return bufs.batch if bufs is not None else 0
 
 
 def graphed(model, steps, runner=None, **options):
@@ -151,6 +160,16 @@ def test_a_failed_capture_falls_back_or_fails_loudly(mixture):
     strict = graphed(mixture, 4, FakeGraphs(fail=failure), cuda_graphs=True)
     with pytest.raises(RuntimeError, match="cuda_graphs=True, but capturing the step failed"):
         strict.sample(6, progress=False)
+
+
+def test_out_of_memory_while_capturing_halves_the_batch_and_keeps_capturing(mixture):
+    runner = FakeGraphs(fail=torch.cuda.OutOfMemoryError("fake: capture"), fail_above=4)
+    sampler = graphed(mixture, 4, runner, solver="heun")
+    batches = list(sampler.stream(12, seed=2, batch_size=8, progress=False))
+    assert [len(b.samples) for b in batches] == [4, 4, 4]  # 8 failed, 4 captured
+    assert runner.captured == 1 and sampler.graph_status().startswith("CUDA graphs")
+    got = torch.cat([b.samples for b in batches])
+    torch.testing.assert_close(got, ne.Sampler(mixture, 4, solver="heun").sample(12, seed=2))
 
 
 def test_a_compiled_forward_gives_the_same_samples(mixture):

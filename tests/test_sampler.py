@@ -186,6 +186,8 @@ def test_non_finite_state_is_reported_with_its_first_step():
         (dict(latents=torch.zeros(3, 2)), ValueError, "latents must be a tensor"),
         (dict(batch_size=0), ValueError, "batch_size must be > 0"),
         (dict(dtype="fp64"), ValueError, "unknown dtype 'fp64'"),
+        (dict(seed=3.0), TypeError, "seed must be an int"),
+        (dict(return_trajectory=True), TypeError, "sample_trajectory"),
     ],
 )
 def test_bad_input_gets_a_clear_error(mixture, call, error, match):
@@ -193,6 +195,14 @@ def test_bad_input_gets_a_clear_error(mixture, call, error, match):
     kwargs.update(call)
     with pytest.raises(error, match=match):
         ne.sample(**kwargs)
+
+
+def test_a_reused_sampler_checks_the_seed_of_every_call(mixture):
+    sampler = ne.Sampler(mixture, 3)
+    sampler.sample(4, seed=3, progress=False)  # its buffers now hold seed 3
+    for bad in (3.0, True):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            sampler.sample(4, seed=bad, progress=False)
 
 
 def test_y_on_an_unconditional_model_and_wrong_output_shape():
