@@ -106,16 +106,16 @@ class Guidance:
         """The plan for model evaluations at the given times."""
         entries = [self.passes_at(float(t)) for t in times]
         return GuidancePlan(
-            passes=[p for p, _ in entries], weights=[w for _, w in entries], guidance=self
+            passes=tuple(p for p, _ in entries), weights=tuple(w for _, w in entries), guidance=self
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuidancePlan:
     """Per model evaluation k: `passes[k]` (tuple of Pass) and `weights[k]` (floats, sum 1)."""
 
-    passes: list[tuple[Pass, ...]]
-    weights: list[tuple[float, ...]]
+    passes: tuple[tuple[Pass, ...], ...]
+    weights: tuple[tuple[float, ...], ...]
     guidance: Guidance
 
     @property

@@ -141,7 +141,7 @@ class SamplingPlan:
     grid: Tensor  # float64 [steps + 1], from t_max down to 0
     t_max: float
     spacing: str
-    stages: StageTable
+    stages: StageTable  # frozen: tuple columns
     passes: GuidancePlan  # which passes run at each stage and their weights
     num_classes: Optional[int]
     sample_shape: Optional[tuple[int, ...]]  # None: the model's
@@ -293,7 +293,7 @@ def make_plan(
     else:
         grid = respaced_grid(schedule, steps, spacing, time_shift, t_max)
         t_max = float(grid[0])
-    stages = build_stages(solver, schedule, prediction, grid, **solver_options)
+    stages = build_stages(solver, schedule, prediction, grid, **solver_options).frozen()
     passes = guidance.plan(stages.t)
 
     device = torch.device(device) if device is not None else model_device(model)

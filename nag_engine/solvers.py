@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
 import torch
@@ -131,6 +131,11 @@ class StageTable:
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def frozen(self) -> StageTable:
+        """The same table with every column a tuple: nothing can be added or changed."""
+        columns = {f.name: tuple(getattr(self, f.name)) for f in fields(self)}
+        return StageTable(**columns)
 
     @property
     def uses_g_prev(self) -> bool:
