@@ -142,7 +142,7 @@ class SamplingPlan:
     t_max: float
     spacing: str
     stages: StageTable  # frozen: tuple columns
-    passes: GuidancePlan  # which passes run at each stage and their weights
+    guidance_plan: GuidancePlan  # which passes run at each stage, and their weights
     num_classes: Optional[int]
     sample_shape: Optional[tuple[int, ...]]  # None: the model's
     device: torch.device
@@ -294,7 +294,7 @@ def make_plan(
         grid = respaced_grid(schedule, steps, spacing, time_shift, t_max)
         t_max = float(grid[0])
     stages = build_stages(solver, schedule, prediction, grid, **solver_options).frozen()
-    passes = guidance.plan(stages.t)
+    guidance_plan = guidance.plan(stages.t)
 
     device = torch.device(device) if device is not None else model_device(model)
     if not _same_device(device, model):
@@ -329,7 +329,7 @@ def make_plan(
             classifier_nag_interval,
         )
     columns = stages.tensors(device)
-    coef, weights = backends.step_tables(columns, passes)
+    coef, weights = backends.step_tables(columns, guidance_plan)
     tables = StepTables(
         coef=coef,
         weights=weights,
@@ -359,7 +359,7 @@ def make_plan(
         t_max=float(t_max),
         spacing=spacing,
         stages=stages,
-        passes=passes,
+        guidance_plan=guidance_plan,
         num_classes=num_classes,
         sample_shape=tuple(sample_shape) if sample_shape is not None else None,
         device=device,

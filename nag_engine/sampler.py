@@ -247,7 +247,7 @@ class Sampler:
                     passes: self._graph_runner.capture(
                         self._captured_stage(bufs, passes), reset=bufs.stage.zero_
                     )
-                    for passes in self.plan.passes.distinct_pass_sets()
+                    for passes in self.plan.guidance_plan.distinct_pass_sets()
                 }
             except torch.cuda.OutOfMemoryError:
                 raise  # stream() halves the batch; the next shape is captured afresh
@@ -281,12 +281,12 @@ class Sampler:
             bufs.g_prev.zero_()
         bufs.stage.zero_()
         bufs.first_bad.fill_(-1)
-        p0 = plan.passes.num_passes(0)
+        p0 = plan.guidance_plan.num_passes(0)
         bufs.x_in[: p0 * batch].view(p0, batch, *shape).copy_(x.unsqueeze(0).expand(p0, *x.shape))
 
         if replays is not None:
             for k in range(len(stages)):
-                replays[plan.passes.passes[k]]()
+                replays[plan.guidance_plan.passes[k]]()
                 if stages.keep[k]:
                     bar.update(batch)
             return self._finish_batch(bufs, start, stop, None)
@@ -302,7 +302,9 @@ class Sampler:
                     x_start = x.clone()
                 # the callback's prediction is combined from the passes (g_out may hold g + d x)
                 report = bufs.g if callback is not None and starts_step else None
-                run_stage(plan, self._step, bufs, plan.passes.passes[k], k, bufs.g_prev, report)
+                run_stage(
+                    plan, self._step, bufs, plan.guidance_plan.passes[k], k, bufs.g_prev, report
+                )
                 if report is not None:
                     prediction = report.clone()
                 if not stages.keep[k]:

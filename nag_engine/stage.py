@@ -51,7 +51,7 @@ def make_buffers(
 ) -> BatchBuffers:
     """The buffers for `batch` samples of `shape` (with class labels or not)."""
     dev = plan.device
-    rows = plan.passes.max_passes * batch
+    rows = plan.guidance_plan.max_passes * batch
     return BatchBuffers(
         x=torch.empty(batch, *shape, device=dev, dtype=torch.float32),
         x_in=torch.zeros(rows, *shape, device=dev, dtype=plan.dtype),
@@ -65,7 +65,7 @@ def make_buffers(
         noise=CounterNoise(0, shape, dev),
         flags={
             passes: plan.drop_flags(passes, batch, labelled)
-            for passes in plan.passes.distinct_pass_sets()
+            for passes in plan.guidance_plan.distinct_pass_sets()
         },
     )
 
@@ -108,14 +108,16 @@ def run_stage(
         out.view(p, batch, *shape).add_(delta.to(out.dtype))
 
     if report is not None:
-        report.copy_(combine_reference(list(out.view(p, batch, *shape)), plan.passes.weights[k]))
+        report.copy_(
+            combine_reference(list(out.view(p, batch, *shape)), plan.guidance_plan.weights[k])
+        )
 
     # 2. guidance + solver update + next model input, fused
     if k is None:
-        noisy, slots = plan.stages.stochastic, plan.passes.max_passes
+        noisy, slots = plan.stages.stochastic, plan.guidance_plan.max_passes
     else:
         last = k + 1 == len(plan.stages)
-        noisy, slots = plan.stages.c[k] != 0.0, 0 if last else plan.passes.num_passes(k + 1)
+        noisy, slots = plan.stages.c[k] != 0.0, 0 if last else plan.guidance_plan.num_passes(k + 1)
     fused_step(  # x updated in place; g_out and the next input written
         out.view(p, batch, *shape),
         tables.weights,

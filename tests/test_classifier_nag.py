@@ -100,7 +100,8 @@ def test_stacks_with_cfg_and_classifier_free_nag(mixture):
         diff = convert(pred, x, tt, mixture.schedule_obj, "velocity", "score")
         diff = diff - convert(seen["pred"], x, tt, mixture.schedule_obj, "velocity", "score")
         torch.testing.assert_close(diff, 0.5 * exact.grad_log_prob(x, t, y), rtol=2e-3, atol=2e-3)
-    assert base.plan.passes.max_passes == both.plan.passes.max_passes  # no extra model passes
+    # no extra model passes
+    assert base.plan.guidance_plan.max_passes == both.plan.guidance_plan.max_passes
 
 
 def test_bad_configuration_is_refused(mixture):

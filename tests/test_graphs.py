@@ -69,7 +69,7 @@ def test_the_captured_stage_gives_the_eager_samples(mixture, case):
     sampler = graphed(mixture, 9, runner, **CASES[case])
     expected = eager.sample(21, **kw)
     torch.testing.assert_close(sampler.sample(21, **kw), expected, rtol=0, atol=0)
-    pass_sets = len(sampler.plan.passes.distinct_pass_sets())
+    pass_sets = len(sampler.plan.guidance_plan.distinct_pass_sets())
     assert runner.captured == 2 * pass_sets  # batch shapes 8 and 5
     # replayed for a new seed: the seed lives on the device, nothing is captured again
     torch.testing.assert_close(
