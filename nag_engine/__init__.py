@@ -6,9 +6,8 @@ from .convert import convert_checkpoint
 from .guidance import Guidance, GuidancePlan
 from .models import Denoiser, TrainableDenoiser
 from .parallel import ParallelResult, ParallelSampler, ParallelStats
-from .plan import SamplingPlan, make_plan
+from .plan import NonFiniteStateError, SamplingPlan, make_plan
 from .sampler import (
-    NonFiniteStateError,
     SampleBatch,
     Sampler,
     StepInfo,

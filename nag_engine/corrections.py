@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -79,8 +80,18 @@ def check_eps_scaling(value: Optional[dict]) -> Optional[tuple[float, float]]:
         return None
     if not isinstance(value, dict) or set(value) - {"k", "b"}:
         raise ValueError(f"eps_scaling must be a dict with keys 'k' and 'b', got {value!r}")
-    k, b = float(value.get("k", 0.0)), float(value.get("b", 1.0))
+    k = finite_number("eps_scaling['k']", value.get("k", 0.0))
+    b = finite_number("eps_scaling['b']", value.get("b", 1.0))
     return None if (k == 0.0 and b == 1.0) else (k, b)
+
+
+def finite_number(name: str, value: object) -> float:
+    """value as a float, if it is a finite real number; else an error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 class TimeShift:
@@ -94,8 +105,12 @@ class TimeShift:
         candidates: int = 21,
         device: torch.device | str = "cpu",
     ):
+        window = finite_number("time_shift_sampler['window']", window)
+        data_variance = finite_number("time_shift_sampler['data_variance']", data_variance)
         if not 0.0 <= window <= 1.0:
             raise ValueError(f"time_shift_sampler window must be in [0, 1], got {window}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int):
+            raise TypeError(f"time_shift_sampler['candidates'] must be an int, got {candidates!r}")
         if data_variance < 0.0 or candidates < 1:
             raise ValueError("time_shift_sampler needs data_variance >= 0 and candidates >= 1")
         self.schedule, self.window, self.data_variance = schedule, float(window), data_variance

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from . import backends
 from .noise import CounterNoise
-from .plan import SamplingPlan, check_latents, check_positive_int, make_plan, noise_variances
+from .plan import (
+    SamplingPlan,
+    check_latents,
+    check_positive_int,
+    make_plan,
+    noise_variances,
+    non_finite_error,
+)
 
 Tensor = torch.Tensor
 
@@ -170,6 +177,9 @@ class ParallelSampler:
             if new_end > end:  # points entering the window start from the latest estimate
                 traj[end + 1 : new_end + 1] = traj[end]
             begin = new_begin
+        finite = torch.isfinite(traj[1:].flatten(2)).all(2).all(1)  # [steps]: step j -> x_{j+1}
+        if not bool(finite.all()):  # one host read per batch
+            raise non_finite_error(plan, int((~finite).to(torch.int64).argmax()), start, stop)
         return traj[steps].clone(), iterations, evals
 
     def _model_outputs(self, xs, begin, end, labels, flags) -> Tensor:

@@ -34,6 +34,10 @@ Tensor = torch.Tensor
 EPS_LOG_SNR_MIN = -11.0
 
 
+class NonFiniteStateError(ValueError):
+    """The sampler state became NaN or infinite."""
+
+
 # ---------------------------------------------------------------------- argument checks
 def check_positive_int(name: str, value: Any) -> int:
     """value, if it is an int > 0; else a TypeError / ValueError naming `name`."""
@@ -370,6 +374,15 @@ def make_plan(
         classifier=classifier,
         cuda_graphs=cuda_graphs,
         graph_reason=graph_reason,
+    )
+
+
+def non_finite_error(plan: SamplingPlan, step: int, start: int, stop: int) -> NonFiniteStateError:
+    """The error for a state that became NaN/inf at `step` in the batch of samples start..stop-1."""
+    return NonFiniteStateError(
+        f"the sampler state became NaN/inf at step {step} (t={float(plan.grid[step]):.4g}) in "
+        f"the batch of samples {start}..{stop - 1}; check the model output and the guidance "
+        "scales, or sample in float32"
     )
 
 

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 from . import backends, graphs
 from .noise import check_seed
 from .parallel import ParallelSampler
-from .plan import SamplingPlan, check_latents, check_positive_int, make_plan
+from .plan import (
+    SamplingPlan,
+    check_latents,
+    check_positive_int,
+    make_plan,
+    non_finite_error,
+)
 from .stage import BatchBuffers, make_buffers, run_stage
 
 Tensor = torch.Tensor
@@ -42,10 +48,6 @@ class SampleBatch(NamedTuple):
     samples: Tensor  # float32 [batch, *sample_shape], on the sampler's device
     labels: Optional[Tensor]  # [batch] class ids, or None
     trajectory: Optional[Tensor] = None  # [steps + 1, batch, ...] when asked for
-
-
-class NonFiniteStateError(ValueError):
-    """The sampler state became NaN or infinite."""
 
 
 @dataclass
@@ -320,11 +322,7 @@ class Sampler:
     def _finish_batch(self, bufs: BatchBuffers, start: int, stop: int, traj):
         bad = int(bufs.first_bad)  # the one host read of the batch
         if bad >= 0:
-            raise NonFiniteStateError(
-                f"the sampler state became NaN/inf at step {bad} (t="
-                f"{float(self.plan.grid[bad]):.4g}) in the batch of samples {start}..{stop - 1}; "
-                "check the model output and the guidance scales, or sample in float32"
-            )
+            raise non_finite_error(self.plan, bad, start, stop)
         return bufs.x, torch.stack(traj) if traj is not None else None
 
 

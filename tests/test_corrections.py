@@ -105,3 +105,39 @@ def test_time_shift_sampler_keeps_quality_on_the_exact_model():
     assert float(model.log_prob(x, 0.0).mean()) > float(
         model.log_prob(torch.randn(500, 32), 0.0).mean()
     )
+
+
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        (dict(eps_scaling={"k": float("inf")}), ValueError, r"eps_scaling\['k'\] must be finite"),
+        (dict(eps_scaling={"b": float("nan")}), ValueError, r"eps_scaling\['b'\] must be finite"),
+        (dict(eps_scaling={"k": "0.1"}), TypeError, r"eps_scaling\['k'\] must be a number"),
+        (dict(eps_scaling={"k": 0.1, "c": 1}), ValueError, "keys 'k' and 'b'"),
+        (dict(eps_scaling={"k": -2.0}), ValueError, "k t \\+ b > 0"),
+        (
+            dict(time_shift_sampler={"window": 0.1, "data_variance": float("nan")}),
+            ValueError,
+            r"time_shift_sampler\['data_variance'\] must be finite",
+        ),
+        (
+            dict(time_shift_sampler={"window": float("inf")}),
+            ValueError,
+            r"time_shift_sampler\['window'\] must be finite",
+        ),
+        (
+            dict(time_shift_sampler={"window": "0.1"}),
+            TypeError,
+            r"time_shift_sampler\['window'\] must be a number",
+        ),
+        (
+            dict(time_shift_sampler={"window": 0.1, "candidates": 2.5}),
+            TypeError,
+            r"time_shift_sampler\['candidates'\] must be an int",
+        ),
+        (dict(time_shift_sampler={"window": 0.1, "data_variance": -1}), ValueError, ">= 0"),
+    ],
+)
+def test_bad_correction_parameters_are_refused_by_name(options, error, match):
+    with pytest.raises(error, match=match):
+        ne.Sampler(ring_mixture(4), 4, **options)

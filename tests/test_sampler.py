@@ -169,6 +169,9 @@ def test_non_finite_state_is_reported_with_its_first_step():
     with pytest.raises(ne.NonFiniteStateError, match=r"step 5 \(t=0\.5\)") as err:
         ne.sample(model, 4, 10, t_max=1.0, progress=False, time_shift=1.0)
     assert isinstance(err.value, ValueError)
+    for parallel in (dict(window=10, tolerance=0.0), dict(window=3, tolerance=0.1)):
+        with pytest.raises(ne.NonFiniteStateError, match=r"step 5 \(t=0\.5\).*samples 0\.\.3"):
+            ne.sample(model, 4, 10, t_max=1.0, progress=False, parallel=parallel)
 
 
 @pytest.mark.parametrize(

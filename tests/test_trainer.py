@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import nag_engine as ne
+import nag_engine.training
 from nag_engine.models import MLPDenoiser
 from nag_engine.training import TrainConfig, Trainer, denoising_loss, load_dataset
 
@@ -142,3 +143,60 @@ def test_evaluation_hook_runs_every_n_steps(ring):
     history = trainer.run(progress=False)
     assert seen == [4, 8]
     assert [h["step"] for h in history if "held_out" in h] == [4, 8]
+
+
+@pytest.mark.parametrize(
+    "option,value,error,match",
+    [
+        ("steps", 2.5, TypeError, "steps must be a whole number"),
+        ("steps", True, TypeError, "steps must be a whole number"),
+        ("steps", 0, ValueError, "steps must be >= 1"),
+        ("batch_size", "64", TypeError, "batch_size must be a whole number"),
+        ("warmup_steps", -5, ValueError, "warmup_steps must be >= 0"),
+        ("checkpoint_every", -1, ValueError, "checkpoint_every must be >= 0"),
+        ("seed", -1, ValueError, "seed must be >= 0"),
+        ("lr", float("inf"), ValueError, "lr must be finite"),
+        ("lr", float("nan"), ValueError, "lr must be finite"),
+        ("lr", 0.0, ValueError, "lr and time_std must be > 0"),
+        ("lr", "1e-3", TypeError, "lr must be a number"),
+        ("weight_decay", -0.1, ValueError, "weight_decay must be >= 0"),
+        ("grad_clip", float("nan"), ValueError, "grad_clip must be finite"),
+        ("p_t", 1.5, ValueError, r"p_t must be in \[0.0, 1.0\]"),
+        ("time_std", -1.0, ValueError, "time_std must be >= 0"),
+        ("time_mean", float("inf"), ValueError, "time_mean must be finite"),
+        ("ema_decay", 1.0, ValueError, "ema_decay < 1"),
+        ("cdl_weight", float("-inf"), ValueError, "cdl_weight must be finite"),
+        ("bf16", "yes", TypeError, "bf16 must be true or false"),
+        ("time_distribution", "normal", ValueError, "time_distribution must be one of"),
+    ],
+)
+def test_a_bad_training_option_is_refused_by_name(option, value, error, match):
+    with pytest.raises(error, match=match):
+        _config(**{option: value})
+
+
+class NaNAfter(torch.nn.Module):
+    """A denoiser whose output turns NaN from its `after`-th call on."""
+
+    def __init__(self, inner, after):
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+        for name in ("prediction", "schedule", "num_classes", "supports_noise_dropout"):
+            setattr(self, name, getattr(inner, name))
+
+    def forward(self, x, t, y=None, *, drop_t=None, drop_y=None):
+        self.calls += 1
+        out = self.inner(x, t, y, drop_t=drop_t, drop_y=drop_y)
+        return out * float("nan") if self.calls >= self.after else out
+
+
+def test_a_non_finite_loss_stops_training_with_its_step_and_keeps_the_good_weights(ring, tmp_path):
+    model = NaNAfter(_model(ring), after=7)
+    trainer = Trainer(model, ring, _config(checkpoint_every=5))
+    with pytest.raises(ne.training.NonFiniteLossError, match="at step 7; nothing of this step"):
+        trainer.run(progress=False)
+    assert trainer.step == 6
+    clean = Trainer(_model(ring), ring, _config())
+    clean.run(until=6, progress=False)
+    for a, b in zip(clean.model.state_dict().values(), trainer.model.inner.state_dict().values()):
+        assert torch.equal(a, b)  # the failed step changed nothing

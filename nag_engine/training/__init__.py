@@ -4,11 +4,12 @@ contrastive diffusion loss (CDL) and the trainer with exact resume."""
 from .cdl import cdl_loss, gaussian_log_ratio, noise_log_ratio
 from .data import DATASETS, DataSet, load_dataset, mixture_for
 from .losses import denoising_loss, sample_time
-from .trainer import TrainConfig, Trainer
+from .trainer import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = [
     "DATASETS",
     "DataSet",
+    "NonFiniteLossError",
     "TrainConfig",
     "Trainer",
     "cdl_loss",

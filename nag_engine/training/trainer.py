@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +30,15 @@ from ..checkpoints import (
 )
 from ..schedules import get_schedule
 from .data import DataSet
-from .losses import denoising_loss, noise_level_loss, training_times
+from .losses import TIME_DISTRIBUTIONS, denoising_loss, noise_level_loss, training_times
 
 Tensor = torch.Tensor
 OBJECTIVES = ("denoise", "noise_level")
 NULL_NOISE_INITS = ("mean", "zero", "keep")
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -65,18 +70,56 @@ class TrainConfig:
     null_noise_init: str = "mean"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("p_t", "p_c"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        """Every field checked up front, each error naming the option."""
+        for name, minimum in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("warmup_steps", 0),
+            ("cdl_samples", 1),
+            ("checkpoint_every", 0),
+            ("eval_every", 0),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        for name, low, high in (
+            ("lr", 0.0, None),
+            ("weight_decay", 0.0, None),
+            ("grad_clip", 0.0, None),
+            ("p_t", 0.0, 1.0),
+            ("p_c", 0.0, 1.0),
+            ("time_mean", None, None),
+            ("time_std", 0.0, None),
+            ("cdl_weight", 0.0, None),
+            ("ema_decay", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"{name} must be {bounds}, got {value}")
+        if self.lr == 0.0 or self.time_std == 0.0 or self.ema_decay == 1.0:
+            raise ValueError(
+                "lr and time_std must be > 0 and ema_decay < 1, got "
+                f"lr={self.lr}, time_std={self.time_std}, ema_decay={self.ema_decay}"
+            )
+        if not isinstance(self.bf16, bool):
+            raise TypeError(f"bf16 must be true or false, got {self.bf16!r}")
+        if self.time_distribution not in TIME_DISTRIBUTIONS:
+            raise ValueError(
+                f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got "
+                f"{self.time_distribution!r}"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "noise_level" and self.cdl_weight > 0:
             raise ValueError("cdl_weight applies to denoisers; set it to 0 for a noise-level head")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.null_noise_init not in NULL_NOISE_INITS:
             raise ValueError(
                 f"null_noise_init must be one of {NULL_NOISE_INITS}, got {self.null_noise_init!r}"
@@ -176,6 +219,14 @@ class Trainer:
                 )
                 loss = loss + cfg.cdl_weight * cdl
                 terms["cdl"] = cdl
+        # the step's one host read, before the update, so a non-finite loss changes nothing
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLossError(
+                f"the training loss became {values} at step {self.step + 1}; nothing of "
+                "this step was applied and the last checkpoint written is kept. Lower lr, raise "
+                "warmup_steps, or train in float32 (bf16=false)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -183,7 +234,7 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()}
+        return values
 
     @torch.no_grad()
     def _update_ema(self) -> None:
