@@ -14,6 +14,7 @@ tensor values to decide what to run.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -145,6 +146,34 @@ class GuidancePlan:
             for slot, (p, w) in enumerate(zip(passes, weights)):
                 table[k, columns.index(p) if by_pass else slot] = w
         return table.to(device=device, dtype=torch.float32)
+
+
+def warn_empty_intervals(
+    guidance: Guidance,
+    times: Sequence[float],
+    classifier_nag_scale: float = 0.0,
+    classifier_nag_interval: Optional[tuple[float, float]] = None,
+) -> None:
+    """A UserWarning for each guidance that is on but whose t interval holds none of the
+    times the model is evaluated at (it would silently do nothing)."""
+    wanted = (
+        ("cfg", guidance.uses_cfg, guidance.cfg_interval),
+        ("nag", guidance.uses_nag, guidance.nag_interval),
+        (
+            "classifier_nag",
+            classifier_nag_scale != 0.0,
+            check_interval("classifier_nag_interval", classifier_nag_interval),
+        ),
+    )
+    for name, on, interval in wanted:
+        if on and interval is not None and not any(inside(float(t), interval) for t in times):
+            shown = ", ".join(f"{float(t):.3g}" for t in times)
+            warnings.warn(
+                f"{name}_interval={tuple(interval)} contains none of the times the model is "
+                f"evaluated at ({shown}): {name} guidance is off for the whole run; widen the "
+                "interval or use more steps",
+                stacklevel=3,
+            )
 
 
 def combine_reference(outputs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

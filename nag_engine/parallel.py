@@ -19,6 +19,7 @@ sequential sampler. The inner iteration reads one small tensor back (the converg
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
@@ -34,7 +35,6 @@ from .plan import (
     check_latents,
     check_positive_int,
     make_plan,
-    noise_variances,
     non_finite_error,
 )
 
@@ -199,3 +199,18 @@ class ParallelSampler:
         with plan.autocast():
             out = plan.evaluate(x_in, t_in.reshape(rows), y_in, drop_t, drop_y)
         return out.view(length, passes, *xs.shape[1:])
+
+
+def noise_variances(plan: SamplingPlan) -> Tensor:
+    """float64 [steps]: each step's noise variance c_j^2, or for a deterministic step the
+    variance the forward process adds between its two times,
+    sigma(t_j)^2 - (alpha(t_j) / alpha(t_{j+1}))^2 sigma(t_{j+1})^2 (one-stage solvers)."""
+    schedule, grid = plan.schedule, plan.grid.to(torch.float64)
+    hi, lo = grid[:-1], grid[1:]
+    alpha_hi, alpha_lo = schedule.alpha(hi), schedule.alpha(lo)
+    forward = schedule.sigma(hi) ** 2 - (alpha_hi / alpha_lo) ** 2 * schedule.sigma(lo) ** 2
+    c = torch.tensor(plan.stages.c, dtype=torch.float64)
+    variance = torch.where(c != 0, c**2, forward.clamp_min(0.0))
+    if not bool(torch.isfinite(variance).all()) or math.isclose(float(variance.max()), 0.0):
+        raise ValueError("the schedule gives no usable per-step noise variance for the tolerance")
+    return variance

@@ -12,7 +12,6 @@ See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -24,7 +23,7 @@ from . import backends, graphs
 from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .dtypes import resolve_dtype
-from .guidance import Guidance, GuidancePlan, Pass
+from .guidance import Guidance, GuidancePlan, Pass, warn_empty_intervals
 from .predictions import check_prediction
 from .schedules import SPACINGS, Schedule, get_schedule, time_grid
 from .solvers import StageTable, build_stages
@@ -299,6 +298,7 @@ def make_plan(
         t_max = float(grid[0])
     stages = build_stages(solver, schedule, prediction, grid, **solver_options).frozen()
     guidance_plan = guidance.plan(stages.t)
+    warn_empty_intervals(guidance, stages.t, classifier_nag_scale, classifier_nag_interval)
 
     device = torch.device(device) if device is not None else model_device(model)
     if not _same_device(device, model):
@@ -384,18 +384,3 @@ def non_finite_error(plan: SamplingPlan, step: int, start: int, stop: int) -> No
         f"the batch of samples {start}..{stop - 1}; check the model output and the guidance "
         "scales, or sample in float32"
     )
-
-
-def noise_variances(plan: SamplingPlan) -> Tensor:
-    """float64 [steps]: each step's noise variance c_j^2, or for a deterministic step the
-    variance the forward process adds between its two times,
-    sigma(t_j)^2 - (alpha(t_j) / alpha(t_{j+1}))^2 sigma(t_{j+1})^2 (one-stage solvers)."""
-    schedule, grid = plan.schedule, plan.grid.to(torch.float64)
-    hi, lo = grid[:-1], grid[1:]
-    alpha_hi, alpha_lo = schedule.alpha(hi), schedule.alpha(lo)
-    forward = schedule.sigma(hi) ** 2 - (alpha_hi / alpha_lo) ** 2 * schedule.sigma(lo) ** 2
-    c = torch.tensor(plan.stages.c, dtype=torch.float64)
-    variance = torch.where(c != 0, c**2, forward.clamp_min(0.0))
-    if not bool(torch.isfinite(variance).all()) or math.isclose(float(variance.max()), 0.0):
-        raise ValueError("the schedule gives no usable per-step noise variance for the tolerance")
-    return variance

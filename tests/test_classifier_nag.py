@@ -57,13 +57,14 @@ def test_scale_zero_and_empty_interval_reproduce_the_plain_sampler(mixture):
     plain = Sampler(mixture, 8).sample(16, seed=1, progress=False)
     off = Sampler(mixture, 8, noise_estimator=exact, classifier_nag_scale=0.0)
     torch.testing.assert_close(off.sample(16, seed=1, progress=False), plain, rtol=0, atol=0)
-    never = Sampler(
-        mixture,
-        8,
-        noise_estimator=exact,
-        classifier_nag_scale=1.0,
-        classifier_nag_interval=(0.01, 0.02),
-    )
+    with pytest.warns(UserWarning, match="classifier_nag guidance is off"):
+        never = Sampler(
+            mixture,
+            8,
+            noise_estimator=exact,
+            classifier_nag_scale=1.0,
+            classifier_nag_interval=(0.01, 0.02),
+        )
     torch.testing.assert_close(never.sample(16, seed=1, progress=False), plain, rtol=0, atol=0)
     on = Sampler(mixture, 8, noise_estimator=exact, classifier_nag_scale=1.0)
     assert not torch.allclose(on.sample(16, seed=1, progress=False), plain)

@@ -144,9 +144,13 @@ def test_disabled_guidance_is_bit_for_bit_unguided():
         dict(nag_scale=0.0),
         dict(cfg_scale=1.0),
         dict(cfg_scale=1.0, nag_scale=0.0),
-        dict(nag_scale=2.0, nag_interval=(0.95, 0.99)),  # never on the grid's times
     ):
         assert torch.equal(ne.sample(model, 100, 8, y=y, progress=False, seed=5, **kwargs), base)
+    with pytest.warns(UserWarning, match="nag guidance is off"):  # never on the grid's times
+        off = ne.sample(
+            model, 100, 8, y=y, progress=False, seed=5, nag_scale=2.0, nag_interval=(0.95, 0.99)
+        )
+    assert torch.equal(off, base)
 
 
 def test_unconditional_model_supports_nag_alone():
@@ -179,3 +183,20 @@ def test_nag_moves_samples_and_cfg_sharpens_classes():
     assert spread_guided < spread
     nag = ne.sample(model, 400, 20, y=y, nag_scale=1.0, progress=False)
     assert not torch.allclose(nag, plain)
+
+
+def test_an_interval_that_holds_no_evaluation_time_is_warned_about():
+    import warnings
+
+    import nag_engine as ne
+    from nag_engine.models import ring_mixture
+
+    model = ring_mixture(8, num_classes=4)
+    with pytest.warns(UserWarning, match=r"nag_interval=\(0.0, 0.05\) contains none .* 0\.1\)"):
+        ne.Sampler(model, 10, nag_scale=0.5, nag_interval=(0.0, 0.05))
+    with pytest.warns(UserWarning, match="cfg guidance is off for the whole run"):
+        ne.Sampler(model, 4, cfg_scale=2.0, cfg_interval=(0.3, 0.4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ne.Sampler(model, 10, nag_scale=0.5, nag_interval=(0.0, 0.1))  # holds t = 0.1
+        ne.Sampler(model, 10, nag_interval=(0.0, 0.05))  # NAG is off anyway: nothing to say

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 import nag_engine as ne
 from nag_engine.models import MLPDenoiser, ring_mixture
-from nag_engine.parallel import ParallelSampler
-from nag_engine.plan import noise_variances
+from nag_engine.parallel import ParallelSampler, noise_variances
 
 GUIDED = dict(cfg_scale=2.0, nag_scale=0.5)
 

@@ -2,9 +2,10 @@
 contrastive diffusion loss (CDL) and the trainer with exact resume."""
 
 from .cdl import cdl_loss, gaussian_log_ratio, noise_log_ratio
+from .config import NonFiniteLossError, TrainConfig
 from .data import DATASETS, DataSet, load_dataset, mixture_for
 from .losses import denoising_loss, sample_time
-from .trainer import NonFiniteLossError, TrainConfig, Trainer
+from .trainer import Trainer
 
 __all__ = [
     "DATASETS",
