@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
+from .arguments import finite_number
 from .predictions import convert
 from .schedules import Schedule
 
@@ -83,15 +83,6 @@ def check_eps_scaling(value: Optional[dict]) -> Optional[tuple[float, float]]:
     k = finite_number("eps_scaling['k']", value.get("k", 0.0))
     b = finite_number("eps_scaling['b']", value.get("b", 1.0))
     return None if (k == 0.0 and b == 1.0) else (k, b)
-
-
-def finite_number(name: str, value: object) -> float:
-    """value as a float, if it is a finite real number; else an error naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 class TimeShift:

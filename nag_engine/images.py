@@ -50,13 +50,42 @@ def claim_run_folder(manifest: Union[str, Path], identity: dict, what: str) -> N
     if not manifest.exists():
         atomic_write_bytes(manifest, json.dumps(identity, indent=1).encode())
         return
-    previous = json.loads(manifest.read_text())
-    changed = sorted(k for k in identity if previous.get(k) != identity[k])
+    previous = read_manifest(manifest, what)
+    changed = _differences(previous, identity)
     if changed:
         raise ValueError(
             f"{manifest.parent} holds a different {what} (differs in {', '.join(changed)}); use a "
             "new folder, or delete this one to start over"
         )
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted for nested dicts) whose values differ between two manifests."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
+def read_manifest(manifest: Union[str, Path], what: str) -> dict:
+    """The JSON object in a run folder's manifest; else an error naming the file."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest.parent} is no {what} folder: it has no {manifest.name}")
+    try:
+        previous = json.loads(manifest.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{manifest} is not valid JSON ({err}); the folder was not written by a {what}: "
+            "use a new folder"
+        ) from None
+    if not isinstance(previous, dict):
+        raise ValueError(f"{manifest} holds no {what} manifest; use a new folder")
+    return previous
 
 
 def atomic_write_npz(path: Union[str, Path], **arrays: np.ndarray) -> None:

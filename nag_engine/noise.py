@@ -43,17 +43,22 @@ def _mix64(h: Tensor, v: Union[Tensor, int]) -> Tensor:
     return _mix(_mix(h, v & _MASK32), v >> 32)
 
 
+MAX_SEED = (1 << 64) - 1  # seeds are 64-bit words: 0 <= seed <= MAX_SEED
+
+
 def check_seed(seed: object) -> int:
-    """seed, if it is an int (not a bool); else a TypeError naming it."""
+    """seed, if it is an int in [0, MAX_SEED] (every such seed draws its own noise); else a
+    TypeError / ValueError naming it."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must lie in [0, 2**64 - 1], got {seed}")
     return seed
 
 
 def _seed_hash(seed: int) -> int:
     check_seed(seed)
     h = torch.tensor(0x6A09E667, dtype=torch.int64)
-    seed &= (1 << 64) - 1
     for word in (seed & _MASK32, seed >> 32):
         h = _mix(h, word)
     return int(h)

@@ -29,14 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backends
+from .arguments import check_positive_int, format_bytes, free_memory
 from .noise import CounterNoise
-from .plan import (
-    SamplingPlan,
-    check_latents,
-    check_positive_int,
-    make_plan,
-    non_finite_error,
-)
+from .plan import SamplingPlan, make_plan, non_finite_error
+from .requests import check_request, check_result_size
 
 Tensor = torch.Tensor
 
@@ -116,12 +112,19 @@ class ParallelSampler:
     ) -> ParallelResult:
         """`sample`, and what it cost."""
         plan = self.plan
-        n = check_positive_int("n", n)
-        batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
-        check_latents(latents, n)
-        shape = plan.resolve_shape(latents)
-        labels = plan.check_labels(y, n)
-        noise = CounterNoise(seed, shape, plan.device)  # checks the seed
+        n, batch_size, shape, labels = check_request(
+            plan,
+            n,
+            y=y,
+            seed=seed,
+            latents=latents,
+            batch_size=batch_size,
+            progress=progress,
+            default_batch=n if isinstance(n, int) and n > 0 else 1,
+        )
+        check_result_size(plan, n, shape)
+        self._check_working_set(batch_size, shape)
+        noise = CounterNoise(seed, shape, plan.device)
         start_time = time.perf_counter()
         results, iterations, evals = [], 0, 0
         with tqdm(total=n, desc="parallel sampling", disable=not progress, leave=False) as bar:
@@ -141,6 +144,22 @@ class ParallelSampler:
             wall_time=time.perf_counter() - start_time,
         )
         return ParallelResult(torch.cat(results), stats)
+
+    def _check_working_set(self, batch_size: int, shape: tuple[int, ...]) -> None:
+        """Refuse a batch whose Picard state (every step's state, the noise, and the window's
+        inputs and outputs of every pass) cannot fit, saying which batch_size does."""
+        steps, passes = self.plan.steps, len(self.passes)
+        states = 2 * (steps + 1) + 3 * self.window * passes
+        per_sample = 4 * states * math.prod(shape)
+        free = free_memory(self.plan.device)
+        if batch_size * per_sample > free:
+            need = format_bytes(batch_size * per_sample)
+            raise ValueError(
+                f"a Picard batch of {batch_size:,} samples needs {need}"
+                f" (every step's state for {steps} steps, and a window of {self.window} x "
+                f"{passes} passes), more than the {format_bytes(free)} free on "
+                f"{self.plan.device}: pass batch_size={max(1, free // per_sample):,} or less"
+            )
 
     @torch.no_grad()
     def _sample_batch(self, start, stop, noise, init, labels) -> tuple[Tensor, int, int]:

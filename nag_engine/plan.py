@@ -20,47 +20,29 @@ import torch
 from torch import nn
 
 from . import backends, graphs
+from .arguments import (
+    check_device,
+    check_sample_shape,
+    check_steps,
+    finite_number,
+)
 from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
 from .dtypes import resolve_dtype
+from .grids import sampling_grid
 from .guidance import Guidance, GuidancePlan, Pass, warn_empty_intervals
 from .predictions import check_prediction
-from .schedules import SPACINGS, Schedule, get_schedule, time_grid
+from .schedules import Schedule, get_schedule
 from .solvers import StageTable, build_stages
 
 Tensor = torch.Tensor
-
-EPS_LOG_SNR_MIN = -11.0
 
 
 class NonFiniteStateError(ValueError):
     """The sampler state became NaN or infinite."""
 
 
-# ---------------------------------------------------------------------- argument checks
-def check_positive_int(name: str, value: Any) -> int:
-    """value, if it is an int > 0; else a TypeError / ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def describe(value: Any) -> str:
-    """A short description of a value for error messages."""
-    if isinstance(value, Tensor):
-        return f"tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
-
-
-def check_latents(latents: Any, n: int) -> None:
-    """latents, when given, must be a tensor [n, ...] (a batch of initial states)."""
-    if latents is not None:
-        if not isinstance(latents, Tensor) or latents.ndim < 2 or len(latents) != n:
-            raise ValueError(f"latents must be a tensor [n={n}, ...], got {describe(latents)}")
-
-
+# ---------------------------------------------------------------------- request checks
 def check_output(out: Any, x_in: Tensor) -> None:
     """The model's output must be a tensor of its input's shape."""
     if not isinstance(out, Tensor) or out.shape != x_in.shape:
@@ -68,36 +50,6 @@ def check_output(out: Any, x_in: Tensor) -> None:
         raise ValueError(
             f"model output has shape {got}, expected {tuple(x_in.shape)} (the shape of its input x)"
         )
-
-
-# ---------------------------------------------------------------------- the time grid
-def default_t_max(schedule: Schedule, prediction: str) -> float:
-    """Where sampling starts: t = 1, except for eps / score models on schedules whose log-SNR at
-    t = 1 is below EPS_LOG_SNR_MIN (-11; x0 = (x - sigma eps) / alpha is ill-posed as alpha -> 0):
-    those start where the log-SNR is -11 (DDPM's own linear schedule ends at -10.05)."""
-    if prediction in ("eps", "score") and float(schedule.log_snr(1.0)) < EPS_LOG_SNR_MIN:
-        return float(schedule.t_from_log_snr(EPS_LOG_SNR_MIN))
-    return 1.0
-
-
-def respaced_grid(
-    schedule: Schedule, steps: int, spacing: str, time_shift: float, t_max: Optional[float]
-) -> Tensor:
-    """The grid of a discrete-time schedule's respaced sampler ("adm", "leading", "trailing":
-    the training timesteps the reference code visits, see `DiscreteVPSchedule.respaced`)."""
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}: choose one of {SPACINGS}")
-    if not hasattr(schedule, "respaced"):
-        raise ValueError(
-            f"spacing={spacing!r} picks training timesteps of a discrete-time schedule, but the "
-            f"schedule is {schedule.name!r}; use spacing='uniform' or schedule='vp-discrete'"
-        )
-    if time_shift != 1.0 or t_max is not None:
-        raise ValueError(
-            f"spacing={spacing!r} fixes the grid; time_shift and t_max apply to "
-            "spacing='uniform' only"
-        )
-    return schedule.respaced(check_positive_int("steps", steps), spacing)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -152,6 +104,8 @@ class SamplingPlan:
     dtype: torch.dtype  # the model's compute dtype (state, times, coefficients stay float32)
     backend: str  # the fused-step implementation (nag_engine.backends)
     tables: StepTables
+    eps_scaling: Optional[tuple[float, float]]  # (k, b) of the epsilon scaling, or None
+    compiled: bool  # is the forward torch.compile'd?
     time_shift: Optional[TimeShift]  # the time-shift sampler (Li et al.), or None
     classifier: Optional[ClassifierNAG]  # classifier-based NAG, or None
     cuda_graphs: graphs.Mode
@@ -268,7 +222,12 @@ def make_plan(
             f"model must be an nn.Module, got {type(model).__name__}; wrap a plain function "
             "with nag_engine.models.FunctionDenoiser"
         )
-    steps = check_positive_int("steps", steps)
+    steps = check_steps(steps)
+    sample_shape = check_sample_shape("sample_shape", sample_shape)
+    device = check_device(device)
+    if t_max is not None and not 0.0 < finite_number("t_max", t_max) <= 1.0:
+        raise ValueError(f"t_max must lie in (0, 1] (t = 1 is pure noise), got {t_max}")
+    classifier_nag_scale = finite_number("classifier_nag_scale", classifier_nag_scale)
     if getattr(model, "prediction", "velocity") is None:
         raise TypeError(
             f"a {type(model).__name__} is not a denoiser (it predicts no sampling target); "
@@ -290,12 +249,8 @@ def make_plan(
             f"cfg_scale={cfg_scale} needs a class-conditional model, but the model declares "
             "no num_classes; use cfg_scale=1.0"
         )
-    if spacing == "uniform":
-        t_max = default_t_max(schedule, prediction) if t_max is None else t_max
-        grid = time_grid(steps, shift=time_shift, t_max=t_max)
-    else:
-        grid = respaced_grid(schedule, steps, spacing, time_shift, t_max)
-        t_max = float(grid[0])
+    grid = sampling_grid(schedule, prediction, steps, spacing, time_shift, t_max)
+    t_max = float(grid[0])
     stages = build_stages(solver, schedule, prediction, grid, **solver_options).frozen()
     guidance_plan = guidance.plan(stages.t)
     warn_empty_intervals(guidance, stages.t, classifier_nag_scale, classifier_nag_interval)
@@ -365,11 +320,13 @@ def make_plan(
         stages=stages,
         guidance_plan=guidance_plan,
         num_classes=num_classes,
-        sample_shape=tuple(sample_shape) if sample_shape is not None else None,
+        sample_shape=sample_shape,
         device=device,
         dtype=resolve_dtype(dtype, model),
         backend=backends.select(device, backend),
         tables=tables,
+        eps_scaling=tuple(scaling) if scaling else None,
+        compiled=compile is not False,
         time_shift=time_shifter,
         classifier=classifier,
         cuda_graphs=cuda_graphs,

@@ -25,15 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backends, graphs
-from .noise import check_seed
 from .parallel import ParallelSampler
-from .plan import (
-    SamplingPlan,
-    check_latents,
-    check_positive_int,
-    make_plan,
-    non_finite_error,
-)
+from .plan import SamplingPlan, make_plan, non_finite_error
+from .requests import check_request, check_result_size
 from .stage import BatchBuffers, make_buffers, run_stage
 
 Tensor = torch.Tensor
@@ -125,12 +119,14 @@ class Sampler:
         `DEFAULT_BATCH` samples per forward batch, halved on a CUDA out-of-memory error).
         `callback(StepInfo)` runs after every step."""
         request = dict(y=y, seed=seed, latents=latents, batch_size=batch_size)
+        self._check_result_size(n, latents)
         parts = self.stream(n, **request, progress=progress, callback=callback)
         return torch.cat([part.samples for part in parts])
 
     def trajectory(self, n: int, **request: Any) -> Tensor:
         """The states at every grid time, float32 [steps + 1, n, *sample_shape]: the same run as
         `sample` with the same arguments (its last entry is what `sample` returns)."""
+        self._check_result_size(n, request.get("latents"), states=self.plan.steps + 1)
         parts = self.stream(n, **request, return_trajectory=True)
         return torch.cat([part.trajectory for part in parts], dim=1)
 
@@ -154,19 +150,19 @@ class Sampler:
         those samples -- the same ones a full run draws there, which is what resuming needs. On
         a CUDA out-of-memory error the batch is halved and retried (down to one sample)."""
         plan = self.plan
-        n = check_positive_int("n", n)
-        batch_size = (
-            min(n, DEFAULT_BATCH)
-            if batch_size is None
-            else check_positive_int("batch_size", batch_size)
+        n, batch_size, shape, labels = check_request(
+            plan,
+            n,
+            y=y,
+            seed=seed,
+            latents=latents,
+            batch_size=batch_size,
+            progress=progress,
+            default_batch=DEFAULT_BATCH,
         )
-        check_latents(latents, n)
         indices = range(n) if indices is None else indices
         if indices.step != 1 or (len(indices) and (indices.start < 0 or indices.stop > n)):
             raise ValueError(f"indices must be a contiguous sub-range of range({n}), got {indices}")
-        shape = plan.resolve_shape(latents)
-        labels = plan.check_labels(y, n)
-        check_seed(seed)
         with tqdm(
             total=plan.steps * len(indices),
             desc=f"sampling {len(indices)} x {plan.steps} steps",
@@ -212,6 +208,13 @@ class Sampler:
         if self._last_call_reason is not None:
             text += f"; the last call ran eagerly: {self._last_call_reason}"
         return text
+
+    def _check_result_size(self, n: Any, latents: Any, states: int = 1) -> None:
+        """Before any work: a returned tensor that cannot fit is refused, saying what fits
+        (the other arguments are checked by `stream`)."""
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            shape = self.plan.resolve_shape(latents if isinstance(latents, Tensor) else None)
+            check_result_size(self.plan, n, shape, states)
 
     # ------------------------------------------------------------------ buffers
     def _buffers_for(self, batch: int, shape: tuple[int, ...], labelled: bool) -> BatchBuffers:

@@ -12,10 +12,12 @@ With a `decoder` (a `nag_engine.vae.VAE`) the samples are latents: each shard is
 sampler's device as it completes; ``png`` writes the decoded images, ``npz`` adds them as
 ``images`` (uint8 [n, H, W, C]) beside the latents.
 
-``manifest.json`` records what the run is (n, seed, shards, the sampler's settings, the
-labels). Run the same call again and it skips the shards on disk and samples the rest: the
-sampler draws every sample from its own index, so the result equals one uninterrupted run,
-without duplicates or gaps. A different run into the same folder is refused.
+``manifest.json`` records what the run is: n, seed, shards, the labels, every option of the
+plan that changes a sample and the model's configuration and weights digest
+(`nag_engine.identity`). Run the same call again and it skips the shards on disk and samples
+the rest: the sampler draws every sample from its own index, so the result equals one
+uninterrupted run, without duplicates or gaps. A different run into the same folder is refused,
+naming what differs.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .images import atomic_write_npz, claim_run_folder, encode_png
+from .arguments import check_positive_int
+from .identity import model_identity, plan_identity
+from .images import atomic_write_npz, claim_run_folder, encode_png, read_manifest
+from .requests import check_request
 from .sampler import Sampler
 
 FORMATS = ("npz", "png")
 MANIFEST = "manifest.json"
 
 
+MAX_SHARDS = 1_000_000
+
+
 def _run_identity(
     sampler: Sampler, n: int, seed: int, shard_size: int, fmt: str, labels, decoder=None
 ) -> dict:
-    """What must match for a folder to be resumed."""
-    model = sampler.model
+    """What must match for a folder to be resumed: the request, the whole plan (every option
+    that changes a sample) and the model's configuration and weights."""
     digest = None
     if labels is not None:
         digest = hashlib.sha256(labels.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
@@ -52,17 +60,26 @@ def _run_identity(
         "seed": seed,
         "shard_size": shard_size,
         "format": fmt,
-        "model": type(model).__name__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": sampler.steps,
-        "solver": sampler.solver,
-        "cfg_scale": sampler.guidance.cfg_scale,
-        "nag_scale": sampler.guidance.nag_scale,
-        "classifier_nag_scale": sampler.classifier_nag_scale,
-        "dtype": str(sampler.dtype).replace("torch.", ""),
         "labels_sha256": digest,
         "decoder": decoder.describe() if decoder is not None else None,
+        "plan": plan_identity(sampler.plan),
+        "model": model_identity(sampler.model),
     }
+
+
+def check_out_dir(out_dir: Union[str, Path], name: str = "out_dir") -> Path:
+    """A folder path that is, or can be made, a writable folder; else an error naming it."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{name} {out_dir} is a file; pass the path of a folder for the shards")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {out_dir} lies under the file {existing}; pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {out_dir}: cannot write in {existing} (permission denied)")
+    return out_dir
 
 
 def _shard_path(out_dir: Path, index: int, fmt: str) -> Path:
@@ -137,14 +154,37 @@ def sample_to_disk(
     """Sample n samples into shards under `out_dir` (see the module docstring), skipping the
     shards a previous run of the same call already wrote. Returns the shard paths in order.
     `decoder` (a `nag_engine.vae.VAE`) decodes latent samples into the images written."""
+    if not isinstance(sampler, Sampler):
+        raise TypeError(
+            f"sampler must be a nag_engine.Sampler, got {type(sampler).__name__}; build one with "
+            "nag_engine.Sampler(model, steps, ...)"
+        )
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
-    labels = sampler.plan.check_labels(y, n)
+    shard_size = check_positive_int("shard_size", shard_size)
+    n, _, shape, labels = check_request(
+        sampler.plan,
+        n,
+        y=y,
+        seed=seed,
+        latents=None,
+        batch_size=batch_size,
+        progress=progress,
+        default_batch=1,
+    )
+    if -(-n // shard_size) > MAX_SHARDS:
+        raise ValueError(
+            f"n={n:,} in shards of {shard_size:,} makes {-(-n // shard_size):,} shards, more "
+            f"than the {MAX_SHARDS:,} a folder holds: pass shard_size >= {-(-n // MAX_SHARDS):,}"
+        )
+    if format == "png" and decoder is None and (len(shape) != 3 or shape[0] not in (1, 3)):
+        raise ValueError(
+            f"format='png' needs images [1 or 3, H, W], but the samples have shape {shape}; "
+            "use format='npz'"
+        )
     if decoder is not None:
-        decoder.check_latents(sampler.plan.resolve_shape())
-    out_dir = Path(out_dir)  # made only once the arguments are known to be good
+        decoder.check_latents(shape)
+    out_dir = check_out_dir(out_dir)  # made only once the arguments are known to be good
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
     claim_run_folder(out_dir / MANIFEST, identity, "run")
@@ -177,8 +217,8 @@ def sample_to_disk(
 def load_shards(out_dir: Union[str, Path]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(samples [n, ...], labels [n] or None) of a finished ``npz`` run, in sample order."""
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / MANIFEST).read_text())
-    if manifest["format"] != "npz":
+    manifest = read_manifest(out_dir / MANIFEST, "sample_to_disk run")
+    if manifest.get("format") != "npz":
         raise ValueError(f"load_shards reads npz runs; {out_dir} is a {manifest['format']} run")
     paths = sorted(out_dir.glob("shard_*.npz"))
     expected = (manifest["n"] + manifest["shard_size"] - 1) // manifest["shard_size"]

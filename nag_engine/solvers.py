@@ -22,13 +22,15 @@ Z (noise), e.g. Euler's ``X + dt * v`` with the velocity ``v = A X + B G``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
+from .arguments import finite_number
 from .predictions import check_prediction, conversion_coefficients
 from .schedules import Schedule, get_schedule
 
@@ -351,8 +353,22 @@ def build_stages(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: choose one of {tuple(SOLVERS)}")
     check_prediction(prediction)
+    check_solver_options(solver, options)
     grid = [float(t) for t in grid]
-    try:
-        return SOLVERS[solver](get_schedule(schedule), prediction, grid, **options)
-    except TypeError as err:
-        raise TypeError(f"solver {solver!r} got an unexpected option: {err}") from None
+    return SOLVERS[solver](get_schedule(schedule), prediction, grid, **options)
+
+
+def check_solver_options(solver: str, options: dict[str, Any]) -> None:
+    """Refuse an option `solver` does not take (naming the ones it does) and a non-finite or
+    non-numeric value for a numeric one."""
+    params = inspect.signature(SOLVERS[solver]).parameters
+    own = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    for name, value in options.items():
+        if name not in own:
+            takes = f"takes {', '.join(own)}" if own else "takes no options of its own"
+            raise TypeError(
+                f"unknown option {name!r}: it is not a sampler option, and solver {solver!r} "
+                f"{takes}"
+            )
+        if isinstance(params[name].default, float):
+            finite_number(name, value)

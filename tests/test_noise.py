@@ -95,15 +95,21 @@ def test_rows_and_elements_within_a_call_differ():
     assert len(torch.unique(z)) == z.numel()
 
 
-@pytest.mark.parametrize("seed", [0, 1, -1, -(2**40), 2**40 + 3, 2**63 - 1])
+@pytest.mark.parametrize("seed", [0, 1, 2**32, 2**40 + 3, 2**63 - 1, 2**64 - 1])
 def test_seed_range(seed):
     a = draw(seed=seed)
     assert torch.isfinite(a).all()
     assert torch.equal(a, draw(seed=seed))
 
 
-def test_negative_and_large_seeds_are_distinct():
-    seeds = [0, 1, -1, 3, 2**40 + 3, -(2**40)]
+@pytest.mark.parametrize("seed", [-1, -(2**40), 2**64, 2**70])
+def test_seeds_outside_the_range_are_refused_not_aliased(seed):
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*64 - 1\]"):
+        CounterNoise(seed, (4,), "cpu")
+
+
+def test_small_and_large_seeds_are_distinct():
+    seeds = [0, 1, 3, 2**32, 2**32 + 1, 2**40 + 3, 2**64 - 1]
     draws = [draw(seed=s, shape=(16,), index=range(4)) for s in seeds]
     for i in range(len(seeds)):
         for j in range(i + 1, len(seeds)):
