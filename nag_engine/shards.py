@@ -187,7 +187,7 @@ def sample_to_disk(
     out_dir = check_out_dir(out_dir)  # made only once the arguments are known to be good
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
-    claim_run_folder(out_dir / MANIFEST, identity, "run")
+    claim_run_folder(out_dir / MANIFEST, identity, "sample_to_disk run")
     _remove_leftovers(out_dir)
     shards = [_shard_path(out_dir, i, format) for i in range((n + shard_size - 1) // shard_size)]
     done = sum(min(shard_size, n - i * shard_size) for i, p in enumerate(shards) if p.exists())

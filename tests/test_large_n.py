@@ -92,7 +92,7 @@ def test_shards_resume_after_an_interruption(mixture, tmp_path):
     # a finished run is not sampled again, a different one is refused
     sample_to_disk(sampler, 50, out, y=y, seed=3, shard_size=12, progress=False)
     assert flaky.calls - calls == 6 * 3
-    with pytest.raises(ValueError, match="different run.*seed"):
+    with pytest.raises(ValueError, match="different sample_to_disk run.*seed"):
         sample_to_disk(sampler, 50, out, y=y, seed=4, shard_size=12, progress=False)
 
 
