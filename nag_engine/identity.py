@@ -98,8 +98,10 @@ def plan_identity(plan: SamplingPlan) -> dict[str, Any]:
         {
             "steps": plan.steps,
             "solver": plan.solver,
+            "solver_options": dict(plan.solver_options),
             "schedule": getattr(plan.schedule, "name", repr(plan.schedule)),
             "t_max": plan.t_max,
+            "time_shift": plan.grid_shift,
             "spacing": plan.spacing,
             "grid": [float(t) for t in plan.grid],
             "cfg_scale": guidance.cfg_scale,

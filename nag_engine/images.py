@@ -43,10 +43,20 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(path: Union[str, Path]) -> None:
+    """Remove the temporary files `atomic_write_bytes` leaves beside `path` when its process
+    is killed between writing and renaming (the file at `path` itself is never touched)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def claim_run_folder(manifest: Union[str, Path], identity: dict, what: str) -> None:
     """Resume only the same run in a folder: write `identity` as the folder's manifest (JSON)
     when it has none, else refuse with the keys that differ from the one it holds."""
     manifest = Path(manifest)
+    remove_stale_temporaries(manifest)
     if not manifest.exists():
         atomic_write_bytes(manifest, json.dumps(identity, indent=1).encode())
         return

@@ -92,9 +92,11 @@ class SamplingPlan:
     schedule: Schedule
     guidance: Guidance
     solver: str
+    solver_options: tuple[tuple[str, Any], ...]  # the solver's own options (eta, ...), sorted
     steps: int
     grid: Tensor  # float64 [steps + 1], from t_max down to 0
     t_max: float
+    grid_shift: float  # the timestep shift of a uniform grid (the `time_shift` option)
     spacing: str
     stages: StageTable  # frozen: tuple columns
     guidance_plan: GuidancePlan  # which passes run at each stage, and their weights
@@ -313,9 +315,11 @@ def make_plan(
         schedule=schedule,
         guidance=guidance,
         solver=solver,
+        solver_options=tuple(sorted(solver_options.items())),
         steps=steps,
         grid=grid,
         t_max=float(t_max),
+        grid_shift=float(time_shift),
         spacing=spacing,
         stages=stages,
         guidance_plan=guidance_plan,

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .models import ARCHITECTURES, NoiseLevelHead
-from .training.trainer import TrainConfig
+from .training.config import TrainConfig, seeded_init
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,21 @@ class Preset:
     # a noise-level head preset names the shipped denoiser whose body it starts from
     head_of: Optional[str] = None
 
-    def build_model(self) -> nn.Module:
-        """A freshly initialised model (a noise-level head on the shipped denoiser it names)."""
+    def build_model(self, seed: int = 0) -> nn.Module:
+        """A freshly initialised model (a noise-level head on the shipped denoiser it names),
+        its initial weights drawn from `seed` (the run's `TrainConfig.seed`)."""
         if self.head_of is not None:
             from .checkpoints import load_checkpoint
 
             denoiser = load_checkpoint(shipped_checkpoint(self.head_of))
-            return NoiseLevelHead.from_denoiser(denoiser, **self.model)
+            with seeded_init(seed):
+                return NoiseLevelHead.from_denoiser(denoiser, **self.model)
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}: known are {tuple(ARCHITECTURES)}"
             )
-        return ARCHITECTURES[self.architecture](**self.model)
+        with seeded_init(seed):
+            return ARCHITECTURES[self.architecture](**self.model)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The training configuration, with ``overrides`` replacing its entries."""

@@ -131,7 +131,7 @@ def _write_shard(
 
 def _remove_leftovers(out_dir: Path) -> None:
     """Temporary files and folders of a shard whose writing was interrupted."""
-    for stale in out_dir.glob(".shard_*.tmp"):
+    for stale in out_dir.glob(".shard_*.tmp"):  # (the manifest's: claim_run_folder)
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

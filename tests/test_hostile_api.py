@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import nag_engine as ne
-from nag_engine.models import FunctionDenoiser, ring_mixture
 from nag_engine.arguments import free_memory
+from nag_engine.models import FunctionDenoiser, ring_mixture
 from nag_engine.requests import check_request
 
 MODEL = ring_mixture()  # unconditional, supports NAG

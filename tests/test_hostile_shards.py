@@ -45,9 +45,9 @@ def heavier_weights():
 DIFFERENT_RUNS = [
     ("steps", dict(steps=4), "plan.steps"),
     ("solver", dict(solver="euler"), "plan.solver"),
-    ("eta", dict(eta=0.5), "plan.tables_sha256"),
+    ("eta", dict(eta=0.5), "plan.solver_options"),
     ("schedule", dict(schedule="vp"), "plan.schedule"),
-    ("time shift", dict(time_shift=2.0), "plan.grid"),
+    ("time shift", dict(time_shift=2.0), "plan.time_shift"),
     ("t_max", dict(t_max=0.9), "plan.t_max"),
     ("cfg scale", dict(cfg_scale=2.0), "plan.cfg_scale"),
     ("nag scale", dict(nag_scale=0.5), "plan.nag_scale"),
@@ -210,3 +210,14 @@ def test_sample_to_disk_needs_a_sampler(tmp_path):
     with pytest.raises(TypeError, match="sampler must be a nag_engine.Sampler"):
         ne.sample_to_disk(MODEL, 4, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_temporary_files_of_a_killed_write_are_removed(tmp_path):
+    """A process killed between writing a temporary file and renaming it leaves it behind."""
+    out = interrupted(tmp_path)
+    stale = [out / ".manifest.json.x1.tmp", out / ".shard_00002.npz.x2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    write(out)
+    assert not any(path.exists() for path in stale)
+    assert len(load_shards(out)[0]) == 6

@@ -3,15 +3,29 @@ up front so a bad value fails before any work, naming the option."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from .losses import TIME_DISTRIBUTIONS
 
 OBJECTIVES = ("denoise", "noise_level")
 NULL_NOISE_INITS = ("mean", "zero", "keep")
+MAX_SEED = 2**63 - 2  # the noise generator is seeded with seed + 1, torch takes < 2**64
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Inside, torch's global CPU generator is seeded with `seed`, so the weights a model
+    creates there are a function of the seed; the caller's generator state is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class NonFiniteLossError(ValueError):
@@ -62,6 +76,8 @@ class TrainConfig:
                 raise TypeError(f"{name} must be a whole number, got {value!r}")
             if value < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must lie in [0, {MAX_SEED}], got {self.seed}")
         for name, low, high in (
             ("lr", 0.0, None),
             ("weight_decay", 0.0, None),

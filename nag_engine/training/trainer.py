@@ -27,8 +27,9 @@ from ..checkpoints import (
     save_checkpoint,
     tensor_section,
 )
+from ..images import remove_stale_temporaries
 from ..schedules import get_schedule
-from .config import NonFiniteLossError, TrainConfig
+from .config import NonFiniteLossError, TrainConfig, seeded_init
 from .data import DataSet
 from .losses import denoising_loss, noise_level_loss, training_times
 
@@ -147,6 +148,9 @@ class Trainer:
         the way; returns the logged history."""
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
+        if self.out is not None:  # what a killed run left half-written
+            for name in ("checkpoint.safetensors", "model.safetensors"):
+                remove_stale_temporaries(self.out / name)
         batches = self.data.batches(cfg.batch_size, self.data_generator)
         start_time, start_step = time.perf_counter(), self.step
         with tqdm(total=until, initial=self.step, desc="training", disable=not progress) as bar:
@@ -281,7 +285,8 @@ class Trainer:
         if config.objective == "noise_level" and getattr(model, "prediction", None) is not None:
             from ..models.noise_head import NoiseLevelHead
 
-            model = NoiseLevelHead.from_denoiser(model)
+            with seeded_init(config.seed):
+                model = NoiseLevelHead.from_denoiser(model)
         adds_nag = (
             config.objective == "denoise"
             and config.p_t > 0
