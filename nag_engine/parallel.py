@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import backends
-from .arguments import check_positive_int, format_bytes, free_memory
+from .arguments import check_positive_int, finite_number, format_bytes, free_memory
 from .noise import CounterNoise
 from .plan import SamplingPlan, make_plan, non_finite_error
 from .requests import check_request, check_result_size
@@ -72,9 +72,11 @@ class ParallelSampler:
         **options: Any,
     ) -> None:
         self.window = check_positive_int("window", window)
-        if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-        self.tolerance = float(tolerance)
+        self.tolerance = finite_number("tolerance", tolerance)
+        if self.tolerance < 0:
+            raise ValueError(
+                f"tolerance must be >= 0 (0: exactly the sequential result), got {tolerance}"
+            )
         for unsupported in ("noise_estimator", "classifier_nag_scale", "time_shift_sampler"):
             if options.get(unsupported):
                 raise ValueError(f"{unsupported} is not supported by the parallel sampler")

@@ -234,3 +234,22 @@ def test_non_finite_model_output_is_an_error_in_both_executors(scale):
         ne.sample(model, 3, 4, progress=False)
     with pytest.raises(ne.NonFiniteStateError, match="step"):
         ne.sample(model, 3, 4, progress=False, parallel=dict(window=2))
+
+
+@pytest.mark.parametrize(
+    "options,error,text",
+    [
+        (dict(tolerance=math.nan), ValueError, "tolerance must be finite"),
+        (dict(tolerance=math.inf), ValueError, "tolerance must be finite"),
+        (dict(tolerance="0.1"), TypeError, "tolerance must be a number"),
+        (dict(tolerance=-1.0), ValueError, "tolerance must be >= 0"),
+        (dict(window=0), ValueError, "window must be > 0"),
+        (dict(window=2.0), TypeError, "window must be an int"),
+        (dict(solver="heun"), ValueError, "one-stage solver"),
+        (dict(time_shift_sampler={"window": 0.1}), ValueError, "not supported"),
+    ],
+    ids=["nan", "inf", "str", "negative", "window 0", "window float", "heun", "time-shift"],
+)
+def test_parallel_sampler_options_are_refused_by_name(options, error, text):
+    with pytest.raises(error, match=text):
+        ne.ParallelSampler(MODEL, 4, **options)
