@@ -66,6 +66,11 @@ def check_request(
     check_seed(seed)
     check_latents(latents, n)
     shape = plan.resolve_shape(latents)
+    if y is not None and 8 * n > free_memory(plan.device):
+        raise ValueError(
+            f"n={n:,} class labels need {format_bytes(8 * n)}, more than the free "
+            f"{format_bytes(free_memory(plan.device))} on {plan.device}: sample fewer at a time"
+        )
     labels = plan.check_labels(y, n)
     check_fits(plan, shape, "latents" if latents is not None else "sample_shape")
     return Request(n, batch_size, shape, labels)

@@ -253,3 +253,8 @@ def test_non_finite_model_output_is_an_error_in_both_executors(scale):
 def test_parallel_sampler_options_are_refused_by_name(options, error, text):
     with pytest.raises(error, match=text):
         ne.ParallelSampler(MODEL, 4, **options)
+
+
+def test_labels_for_more_samples_than_memory_holds_are_refused():
+    with pytest.raises(ValueError, match="class labels need"):
+        next(ne.Sampler(CLASSES, 2).stream(10**15, y=1, progress=False))

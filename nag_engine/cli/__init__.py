@@ -14,6 +14,11 @@ nag-engine info [PATH]                what a checkpoint is; without PATH, the ke
 One module per command (demo, sample, analyze, train, convert, encode, info), each with
 `add_parser(commands)` and `run(args)`; common.py holds what they share. This module assembles
 the parser and runs the chosen command.
+
+Bad input fails before any work with exit status 2 and one line on stderr, `nag-engine
+COMMAND: error: ...`, naming the option and the fix: argparse's usage errors (CommandParser),
+and the ValueError / TypeError / OSError that a command's checks (run first, before any model
+load or sampling) or the library's argument checks raise.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from . import analyze, convert, demo, encode, info, sample, train
 from .common import (
     DEVICE_HELP,
     DEVICE_OPTION,
+    CommandParser,
+    one_line,
     picture,
     positive_int,
     print_table,
@@ -63,7 +70,7 @@ COMMANDS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="nag-engine",
         description="Sampling with Noise Awareness Guidance (NAG): demo, sample, analyze, train, "
         "convert, encode, info.",
@@ -79,15 +86,25 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `nag-engine` command."""
     args = _parser().parse_args(argv)
+    prefix = f"nag-engine {args.command}: error:"
     try:
         return COMMANDS[args.command].run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        print(f"nag-engine: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        print(f"{prefix} {one_line(err)}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
         print(
-            "nag-engine: error: the GPU ran out of memory; lower --batch-size (and "
+            f"{prefix} the GPU ran out of memory; lower --batch-size (and "
             "--decode-batch-size for a VAE), or use --dtype bf16",
+            file=sys.stderr,
+        )
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "allocate" not in str(err):
+            raise
+        print(
+            f"{prefix} this machine ran out of memory ({one_line(err)[:200]}); ask for less: "
+            "lower --n or --batch-size",
             file=sys.stderr,
         )
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +15,22 @@ import torch
 from ..images import atomic_write_bytes, write_figure
 from ..sampler import Sampler
 from ..solvers import SOLVERS
-from .common import print_table, resolve_model
+from .common import (
+    check_count,
+    check_input,
+    check_memory,
+    check_output_folder,
+    check_seed_option,
+    check_steps_option,
+    finite_float,
+    load_model_option,
+    one_line,
+    print_table,
+    whole_number,
+)
+
+ESTIMATORS = ("auto", "exact", "head", "implicit")  # or a path
+OUTPUTS = ("noise_shift.png", "noise_shift.json", "noise_shift.csv")  # written in --out
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -37,19 +53,61 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "noise-level head checkpoint (default auto: exact where known, else head)",
     )
     analyze.add_argument("--settings", default="none,cfg,nag,cfg+nag")
-    analyze.add_argument("--steps", type=int, default=25)
+    analyze.add_argument("--steps", type=whole_number, default=25)
     analyze.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
-    analyze.add_argument("--n", type=int, default=1000)
-    analyze.add_argument("--cfg-scale", type=float, default=2.0)
-    analyze.add_argument("--nag-scale", type=float, default=0.5)
-    analyze.add_argument("--classifier-nag-scale", type=float, default=0.1)
+    analyze.add_argument("--n", type=whole_number, default=1000)
+    analyze.add_argument("--cfg-scale", type=finite_float, default=2.0)
+    analyze.add_argument("--nag-scale", type=finite_float, default=0.5)
+    analyze.add_argument("--classifier-nag-scale", type=finite_float, default=0.1)
     analyze.add_argument(
-        "--eps-scaling", type=float, nargs=2, default=(0.0, 1.005), metavar=("K", "B")
+        "--eps-scaling", type=finite_float, nargs=2, default=(0.0, 1.005), metavar=("K", "B")
     )
-    analyze.add_argument("--shift-window", type=float, default=0.05)
-    analyze.add_argument("--seed", type=int, default=0)
-    analyze.add_argument("--batch-size", type=int, default=None)
+    analyze.add_argument("--shift-window", type=finite_float, default=0.05)
+    analyze.add_argument("--seed", type=whole_number, default=0)
+    analyze.add_argument("--batch-size", type=whole_number, default=None)
     analyze.add_argument("--out", type=Path, default=Path("out/analyze"))
+
+
+def _need(n: int, steps: int, size: int) -> int:
+    """Bytes (about) that measuring n samples of `size` numbers over `steps` steps holds: labels,
+    the per-step levels of both sides (float64, with copies for the quantiles), the samples and
+    the forward-process draws (float64)."""
+    return n * (16 + 41 * steps + 48 * size)
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """The options, before any model is loaded: counts (and that they fit in memory, assuming
+    samples of one number), the seed, the settings (returned as a list), the estimator's path and
+    the --out folder and the files it gets."""
+    from ..analysis.settings import SETTINGS
+
+    check_count("--n", args.n)
+    check_steps_option(args.steps)
+    check_memory("--n", args.n, lambda n: _need(n, args.steps, 1), "the measurements")
+    check_seed_option(args.seed)
+    if args.batch_size is not None:
+        check_count("--batch-size", args.batch_size)
+    settings = [name.strip() for name in args.settings.split(",") if name.strip()]
+    if not settings:
+        raise ValueError(
+            f"--settings {args.settings!r} names no setting: pass a comma-separated list such as "
+            "none,cfg,nag,cfg+nag"
+        )
+    for name in settings:
+        if name not in SETTINGS:
+            raise ValueError(
+                f"--settings: unknown setting {name!r}: choose from {', '.join(SETTINGS)}"
+            )
+    if args.estimator not in ESTIMATORS:
+        check_input("--estimator", Path(args.estimator), "file", "noise-level head checkpoint")
+    out = Path(args.out)
+    check_output_folder("--out", out)
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise ValueError(
+                f"--out {out}: {out / name} is a folder; remove it or choose another --out"
+            )
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,11 +122,16 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.shift_figure import shift_figure
     from ..models import GaussianMixtureModel
 
-    model, reference = resolve_model(args.model)
-    estimator = resolve_estimator(args.estimator, args.model, model, reference)
+    settings = check(args)
+    model, reference = load_model_option(args.model)
+    try:
+        estimator = resolve_estimator(args.estimator, args.model, model, reference)
+    except (ValueError, OSError) as err:  # named by the option, unless the message does
+        text = one_line(err)
+        named = text if "--estimator" in text else f"--estimator {args.estimator}: {text}"
+        raise ValueError(named) from err
     if reference is not None and not isinstance(reference, GaussianMixtureModel):
         reference = DataSetReference(reference)
-    settings = [name.strip() for name in args.settings.split(",") if name.strip()]
     scales = Scales(
         cfg_scale=args.cfg_scale,
         nag_scale=args.nag_scale,
@@ -83,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         )
         for name in settings
     }  # built first: a bad setting fails before any sampling
+    size = math.prod(next(iter(samplers.values())).plan.resolve_shape())
+    what = f"the measurements of samples of {size} numbers"
+    check_memory("--n", args.n, lambda n: _need(n, args.steps, size), what)
     num_classes = getattr(model, "num_classes", None)
     labels = torch.arange(args.n) % num_classes if num_classes else None
     reports, rows = {}, []

@@ -1,11 +1,16 @@
 """What the `nag-engine` commands share: models and reference data by name, the picture of
-samples, the --device option, argparse types and the printed tables."""
+samples, the --device option, argparse types, the checks of options and paths that every
+command runs before any work (each error one line naming the option and the fix), and the
+printed tables."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -13,8 +18,10 @@ from torch import nn
 
 from ..images import density_image, side_by_side
 
-
 # ---------------------------------------------------------------------- models and data
+EXACT_MODELS = ("ring-exact", "gmm32-exact")  # exact Gaussian mixtures, built in code
+
+
 def resolve_model(name: str) -> tuple[nn.Module, Optional[Any]]:
     """(model, reference) for a shipped name, an exact mixture or a checkpoint path. The
     reference is the exact mixture for mixture data, the DataSet for other data, or None."""
@@ -23,10 +30,10 @@ def resolve_model(name: str) -> tuple[nn.Module, Optional[Any]]:
     from ..presets import SHIPPED, shipped_checkpoint
     from ..training.data import load_dataset, mixture_for
 
-    if name == "ring-exact":
+    if name == EXACT_MODELS[0]:
         model = ring_mixture(8, num_classes=8)
         return model, model
-    if name == "gmm32-exact":
+    if name == EXACT_MODELS[1]:
         model = random_mixture(32, 8, num_classes=8)
         return model, model
     path = shipped_checkpoint(name) if name in SHIPPED else Path(name)
@@ -109,6 +116,178 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def whole_number(text: str) -> int:
+    """argparse type: an integer written out (2000, 2_000, -1); range checks come later, by
+    option, in the command's checks."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    hint = f" (write it out: {int(number)})" if number.is_integer() else ""
+    raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}{hint}") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite real number (not nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through add_subparsers, its commands' parsers) whose usage
+    errors are one line: `nag-engine sample: error: argument --n: ...; see ... --help`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+# ---------------------------------------------------------------------- checks before work
+# Each raises a ValueError whose message names the option and the fix; `main` prints it as one
+# line `nag-engine COMMAND: error: ...` and exits with status 2. None of them creates anything.
+SEED_LIMIT = 2**64  # seeds are 64-bit words: 0 <= seed < 2**64
+
+
+def check_count(option: str, value: int, *, limit: Optional[int] = None, why: str = "") -> int:
+    """A count option (--n, --steps, --batch-size, ...): an int in [1, limit]."""
+    if value < 1:
+        raise ValueError(f"{option} must be > 0, got {value}: pass {option} 1 or more")
+    if limit is not None and value > limit:
+        raise ValueError(
+            f"{option} {value:,} is more than the {limit:,} allowed{why}: pass {option} "
+            f"{limit:,} or less"
+        )
+    return value
+
+
+def check_steps_option(value: int, option: str = "--steps") -> int:
+    """A sampler's step count: an int in [1, the most steps a plan holds]."""
+    from ..arguments import MAX_STEPS
+
+    why = " (a plan tables every step; samplers converge long before that)"
+    return check_count(option, value, limit=MAX_STEPS, why=why)
+
+
+def check_seed_option(value: int, option: str = "--seed") -> int:
+    """A seed option: an int in [0, 2**64)."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{option} {value} is out of range: pass a seed in [0, 2**64 - 1]")
+    return value
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself or its nearest ancestor that exists (the folder a new path goes in)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_folder_for(option: str, path: Path, folder: Path) -> None:
+    """`folder` (where the output `path` goes) can be made and written: its nearest existing
+    ancestor is a folder, not a file, and this user can write in it."""
+    base = nearest_existing(folder)
+    if not base.is_dir():
+        raise ValueError(
+            f"{option} {path} lies under {base}, which is a file, not a folder: choose a path "
+            "in a folder"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{option} {path}: cannot write in {base} (permission denied): choose a folder you "
+            "can write to"
+        )
+
+
+def check_output_file(
+    option: str, path: Path, *, suffixes: tuple[str, ...] = (), example: str = "out.npz"
+) -> None:
+    """A file the command will write: not an existing folder, with one of `suffixes` (if any),
+    in a folder that exists or can be made, writable by this user."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a folder: name a file to write, e.g. {path / example}"
+        )
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{option} {path}: give a path ending in {' or '.join(suffixes)}, e.g. "
+            f"{path.with_suffix(suffixes[0])}"
+        )
+    check_folder_for(option, path, path.parent)
+
+
+def check_output_folder(option: str, path: Path) -> None:
+    """A folder the command will write into (made if missing): not an existing file, under
+    folders only, writable by this user."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file: name a folder (new or existing) instead")
+    check_folder_for(option, path, path)
+
+
+def check_input(option: str, path: Path, kind: str, what: str) -> None:
+    """A path the command reads: it exists and is a `kind` ("file", "folder" or "any")."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{option} {path}: no such {what}; check the path")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: name the {what} in it")
+    if kind == "folder" and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file: name the {what} (a folder)")
+
+
+def check_memory(
+    option: str, value: int, need: Callable[[int], int], what: str, fix: str = ""
+) -> None:
+    """Refuse a request of `value` (--n, ...) whose `need(value)` bytes (about; need grows
+    with value) cannot fit in this machine's available memory, before any of it is allocated;
+    the message says the largest value that fits."""
+    from ..arguments import format_bytes, free_memory
+
+    free = free_memory(torch.device("cpu"))
+    if need(value) <= free:
+        return
+    low, high = 0, value  # the largest value that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if need(middle) <= free else (low, middle - 1)
+    raise ValueError(
+        f"{option} {value:,}: {what} need about {format_bytes(need(value))}, more than the "
+        f"{format_bytes(free)} of memory free here: pass {option} {max(low, 1):,} or less{fix}"
+    )
+
+
+def load_model_option(name: str, option: str = "--model") -> tuple[nn.Module, Optional[Any]]:
+    """`resolve_model(name)` with a missing path, a folder or a damaged file reported by
+    `option`, before anything is loaded."""
+    from ..presets import SHIPPED
+
+    if name not in SHIPPED and name not in EXACT_MODELS:
+        check_input(option, Path(name), "file", "checkpoint file")
+    try:
+        return resolve_model(name)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{option} {name}: {one_line(err)}") from err
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (an OSError as its reason and file)."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.strerror}: {err.filename}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # ---------------------------------------------------------------------- output

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..convert import FORMATS as CONVERT_FORMATS
-from .common import positive_int
+from .common import check_input, check_output_file, positive_int, whole_number
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -51,19 +51,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     convert.add_argument(
         "--null-class",
-        type=int,
+        type=whole_number,
         default=None,
         help="diffusers UNet: the class id reserved as the null class (its last), for CFG "
         "and class dropout",
     )
 
 
+def check(args: argparse.Namespace) -> None:
+    """The arguments, before anything is read: SRC exists (a folder for diffusers, else a
+    file), DST is a .safetensors file that can be written, and the diffusers-only options."""
+    if (args.scheduler is not None or args.null_class is not None) and args.format != "diffusers":
+        raise ValueError(
+            "--scheduler and --null-class apply to --format diffusers only: drop them, or use "
+            "--format diffusers"
+        )
+    kind = "folder" if args.format == "diffusers" else "file"
+    check_input("SRC", args.src, kind, f"{args.format} model {kind}")
+    check_output_file("DST", args.dst, suffixes=(".safetensors",), example="model.safetensors")
+    if args.scheduler is not None:
+        check_input("--scheduler", args.scheduler, "any", "scheduler_config.json")
+    if args.null_class is not None and args.null_class < 0:
+        raise ValueError(f"--null-class must be >= 0, got {args.null_class}: pass a class id")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import read_header
     from ..convert import convert_checkpoint
 
-    if (args.scheduler is not None or args.null_class is not None) and args.format != "diffusers":
-        raise ValueError("--scheduler and --null-class apply to --format diffusers only")
+    check(args)
     path = convert_checkpoint(
         args.src,
         args.dst,

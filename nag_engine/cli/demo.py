@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ..images import add_title, atomic_write_bytes, write_png
 from ..sampler import Sampler
 from ..solvers import SOLVERS
-from .common import picture, print_table, reference_samples, resolve_model
+from .common import (
+    check_count,
+    check_memory,
+    check_output_folder,
+    check_seed_option,
+    check_steps_option,
+    finite_float,
+    picture,
+    print_table,
+    reference_samples,
+    resolve_model,
+    whole_number,
+)
 
 DEMO_SETTINGS = (
     ("baseline", 1.0, 0.0),
@@ -33,13 +47,46 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "quality figures (and OUT/demo_metrics.json).",
     )
     demo.add_argument("--out", type=Path, default=Path("out"), help="folder for the pictures")
-    demo.add_argument("--steps", type=int, default=24)
+    demo.add_argument("--steps", type=whole_number, default=24)
     demo.add_argument("--solver", default="heun", choices=tuple(SOLVERS))
-    demo.add_argument("--cfg-scale", type=float, default=2.0)
-    demo.add_argument("--nag-scale", type=float, default=0.5)
-    demo.add_argument("--n-toy", type=int, default=2000, help="samples for toy2d")
-    demo.add_argument("--n-digits", type=int, default=500, help="samples for digits")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cfg-scale", type=finite_float, default=2.0)
+    demo.add_argument("--nag-scale", type=finite_float, default=0.5)
+    demo.add_argument("--n-toy", type=whole_number, default=2000, help="samples for toy2d")
+    demo.add_argument("--n-digits", type=whole_number, default=500, help="samples for digits")
+    demo.add_argument("--seed", type=whole_number, default=0)
+
+
+# the files the demo writes in --out
+OUTPUTS = ("demo_toy2d.png", "demo_digits.png", "demo_metrics.json")
+
+
+def _need(n: int, size: int, pairwise: bool) -> int:
+    """Bytes (about) of n samples of `size` numbers under the four settings, their labels, the
+    metrics' float64 copies, and for toy2d the n x n distance matrices of the energy distance."""
+    return n * (4 * 4 * size + 16 * size + 16) + (16 * n * n if pairwise else 0)
+
+
+def check(args: argparse.Namespace, sizes: Optional[dict[str, int]] = None) -> None:
+    """The options, before any model is loaded: step and sample counts (and that they fit in
+    memory, assuming samples of one number until `sizes` gives each model's), the seed, and the
+    --out folder and the files it gets."""
+    check_steps_option(args.steps)
+    check_seed_option(args.seed)
+    for option, n, name in (
+        ("--n-toy", args.n_toy, "toy2d"),
+        ("--n-digits", args.n_digits, "digits"),
+    ):
+        check_count(option, n)
+        size = (sizes or {}).get(name, 1)
+        what = f"{name} samples and their metrics" + ("" if sizes else " (at the least)")
+        check_memory(option, n, lambda v, s=size, p=name == "toy2d": _need(v, s, p), what)
+    out = Path(args.out)
+    check_output_folder("--out", out)
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise ValueError(
+                f"--out {out}: {out / name} is a folder; remove it or choose another --out"
+            )
 
 
 def _toy_metrics(x, labels, mixture, seed):
@@ -69,11 +116,14 @@ def _digit_metrics(x, labels, data, classifier):
 def run(args: argparse.Namespace) -> int:
     from ..presets import SHIPPED_DENOISERS
 
+    check(args)
     out = Path(args.out)
     rows = []
     started = time.perf_counter()
-    for name in SHIPPED_DENOISERS:
-        model, reference = resolve_model(name)
+    loaded = {name: resolve_model(name) for name in SHIPPED_DENOISERS}
+    sizes = {name: math.prod(Sampler(m, 1).plan.resolve_shape()) for name, (m, _) in loaded.items()}
+    check(args, sizes)  # again, with the models' sample sizes, before any sampling
+    for name, (model, reference) in loaded.items():
         n = args.n_toy if name == "toy2d" else args.n_digits
         labels = torch.arange(n) % model.num_classes
         classifier = None

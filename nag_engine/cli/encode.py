@@ -8,7 +8,17 @@ import time
 from pathlib import Path
 
 from ..dtypes import DTYPES
-from .common import DEVICE_HELP, DEVICE_OPTION, positive_int, resolve_device
+from .common import (
+    DEVICE_HELP,
+    DEVICE_OPTION,
+    check_input,
+    check_output_file,
+    check_output_folder,
+    check_seed_option,
+    positive_int,
+    resolve_device,
+    whole_number,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -57,15 +67,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="with OUT a folder: images per part file, each written as it completes (a rerun "
         "skips the parts on disk; default 10,000)",
     )
-    encode.add_argument("--seed", type=int, default=0)
+    encode.add_argument("--seed", type=whole_number, default=0)
     encode.add_argument("--dtype", default="fp32", choices=tuple(DTYPES))
     encode.add_argument(*DEVICE_OPTION, **DEVICE_HELP)
     encode.add_argument("--no-progress", action="store_true")
 
 
+def check(args: argparse.Namespace) -> None:
+    """The arguments, before the VAE is loaded: the paths read, OUT (an .npz file or a folder:
+    not a folder for a file, not under a file, writable) and the seed."""
+    check_input("IMAGES", args.images, "any", "image folder or .npz")
+    check_input("--vae", args.vae, "folder", "VAE folder")
+    if args.classes is not None:
+        check_input("--classes", args.classes, "file", "class list (a text file)")
+    if args.out.suffix.lower() == ".npz":
+        check_output_file("OUT", args.out, suffixes=(".npz",))
+    elif args.out.suffix == "":
+        check_output_folder("OUT", args.out)
+    else:
+        raise ValueError(
+            f"OUT {args.out}: give an .npz file (e.g. {args.out.with_suffix('.npz')}) or a folder "
+            "(no suffix) for parts written as they complete"
+        )
+    check_seed_option(args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..vae import encode_images, read_class_list
 
+    check(args)
     device = resolve_device(args.device)
     classes = read_class_list(args.classes) if args.classes is not None else None
     start = time.perf_counter()

@@ -4,6 +4,7 @@ the samples (2-D points, grey images) or a grid of (VAE-decoded) colour images, 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,20 @@ from ..solvers import DDPM_VARIANCES, SOLVERS
 from .common import (
     DEVICE_HELP,
     DEVICE_OPTION,
+    check_count,
+    check_input,
+    check_memory,
+    check_output_file,
+    check_output_folder,
+    check_seed_option,
+    check_steps_option,
+    finite_float,
+    load_model_option,
     picture,
     positive_int,
     reference_samples,
     resolve_device,
-    resolve_model,
+    whole_number,
 )
 
 
@@ -43,45 +53,48 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "gmm32-exact | path to a .safetensors checkpoint (default: toy2d)",
     )
     sample.add_argument(
-        "--n", "--num-samples", dest="n", type=int, default=2000, help="number of samples"
+        "--n", "--num-samples", dest="n", type=whole_number, default=2000, help="number of samples"
     )
-    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--steps", type=whole_number, default=50)
     sample.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
-    sample.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = off")
-    sample.add_argument("--nag-scale", type=float, default=0.0, help="0.0 = off")
-    sample.add_argument("--cfg-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
-    sample.add_argument("--nag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"))
+    sample.add_argument("--cfg-scale", type=finite_float, default=1.0, help="1.0 = off")
+    sample.add_argument("--nag-scale", type=finite_float, default=0.0, help="0.0 = off")
+    sample.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("T_LO", "T_HI"))
+    sample.add_argument("--nag-interval", type=finite_float, nargs=2, metavar=("T_LO", "T_HI"))
     sample.add_argument(
         "--time-shift",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="SD3-style timestep shift of the grid (1.0 = uniform)",
     )
     sample.add_argument(
         "--eps-scaling",
-        type=float,
+        type=finite_float,
         nargs=2,
         metavar=("K", "B"),
         help="epsilon scaling (Ning et al.): divide predicted noise by K t + B",
     )
     sample.add_argument(
         "--shift-window",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="time-shift sampler (Li et al.): window in t (0 = off)",
     )
     sample.add_argument(
         "--shift-data-variance",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="data variance per dimension assumed by the time-shift sampler",
     )
     sample.add_argument(
-        "--label", type=int, default=None, help="class of every sample (default: classes in turn)"
+        "--label",
+        type=whole_number,
+        default=None,
+        help="class of every sample (default: classes in turn)",
     )
     sample.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=None)
+    sample.add_argument("--seed", type=whole_number, default=0)
+    sample.add_argument("--batch-size", type=whole_number, default=None)
     sample.add_argument("--out", type=Path, default=Path("out/samples.npz"), help="NPZ to write")
     sample.add_argument("--no-png", action="store_true", help="skip the picture")
     sample.add_argument(
@@ -91,7 +104,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write the samples to DIR in shards instead (resumable: rerun to finish)",
     )
-    sample.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    sample.add_argument("--shard-size", type=whole_number, default=1000, help="samples per shard")
     sample.add_argument("--shard-format", default="npz", choices=("npz", "png"))
     sample.add_argument(
         "--spacing",
@@ -134,8 +147,6 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.spacing != "uniform":
         options["spacing"] = args.spacing
     if args.variance is not None:
-        if args.solver != "ddpm":
-            raise ValueError("--variance sets the noise of the ddpm solver: add --solver ddpm")
         options["variance"] = args.variance
     if args.cfg_interval:
         options["cfg_interval"] = tuple(args.cfg_interval)
@@ -156,28 +167,98 @@ def _is_picture(x: torch.Tensor) -> bool:
     return (x.ndim == 2 and x.shape[1] == 2) or (x.ndim == 4 and x.shape[1] == 1)
 
 
+def check(args: argparse.Namespace) -> None:
+    """The options alone, before anything is loaded: counts, seed, combinations, and the paths
+    written (not a folder for a file, not under a file, writable) and read."""
+    check_count("--n", args.n)
+    _check_samples_fit(args, 16 if args.shards is not None else 32, "samples")  # at the least
+    check_steps_option(args.steps)
+    check_seed_option(args.seed)
+    if args.batch_size is not None:
+        check_count("--batch-size", args.batch_size)
+    check_count("--shard-size", args.shard_size)
+    if args.time_shift <= 0:
+        raise ValueError(
+            f"--time-shift must be > 0, got {args.time_shift}: pass a shift > 0 (1 = off)"
+        )
+    for option, interval in (
+        ("--cfg-interval", args.cfg_interval),
+        ("--nag-interval", args.nag_interval),
+    ):
+        if interval and not 0 <= interval[0] <= interval[1] <= 1:
+            raise ValueError(
+                f"{option} {interval[0]:g} {interval[1]:g}: give T_LO T_HI with "
+                "0 <= T_LO <= T_HI <= 1"
+            )
+    if args.shift_window < 0:
+        raise ValueError(f"--shift-window {args.shift_window:g}: pass a window >= 0 (0 = off)")
+    if args.shift_data_variance <= 0:
+        raise ValueError(f"--shift-data-variance {args.shift_data_variance:g}: pass a variance > 0")
+    if args.variance is not None and args.solver != "ddpm":
+        raise ValueError("--variance sets the noise of the ddpm solver: add --solver ddpm")
+    if args.grid is not None and args.shards is not None:
+        raise ValueError("--grid draws the samples of one file: use it without --shards")
+    if args.shards is not None:
+        check_output_folder("--shards", args.shards)
+    else:
+        check_output_file("--out", args.out, suffixes=(".npz",), example="samples.npz")
+        png = args.out.with_suffix(".png")
+        if not args.no_png and png.is_dir():
+            raise ValueError(
+                f"--out {args.out}: its picture would go to {png}, which is a folder: choose "
+                "another --out, or pass --no-png"
+            )
+    if args.grid is not None:
+        check_output_file("--grid", args.grid, suffixes=(".png",), example="grid.png")
+    if args.vae is not None:
+        check_input("--vae", args.vae, "folder", "VAE folder")
+
+
+def check_against_model(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> None:
+    """What depends on the model, before any sampling: --label among its classes, and n
+    samples of its shape (kept in memory unless --shards) fitting in this machine's memory."""
+    num_classes = getattr(model, "num_classes", None)
+    if args.label is not None and not num_classes:
+        raise ValueError(f"--label {args.label}: {args.model} has no classes; drop --label")
+    if args.label is not None and not 0 <= args.label < num_classes:
+        raise ValueError(
+            f"--label {args.label}: {args.model} has classes 0..{num_classes - 1}; pass one of them"
+        )
+    size = math.prod(shape)
+    per_sample = 16  # the labels, ours and the sampler's copy
+    if args.shards is None:
+        per_sample += 16 * size  # the batches and the joined result (and an unguided panel)
+        if args.vae is not None and len(shape) == 3:
+            per_sample += 2 * 3 * 64 * shape[1] * shape[2]  # decoded uint8 images, 8x larger
+    _check_samples_fit(args, per_sample, f"samples of shape {list(shape)}")
+
+
+def _check_samples_fit(args: argparse.Namespace, per_sample: int, what: str) -> None:
+    kept = "written in shards" if args.shards is not None else "kept in memory"
+    fix = "" if args.shards is not None else ", or write them to disk in parts with --shards DIR"
+    check_memory("--n", args.n, lambda n: n * per_sample, f"{what} {kept}", fix)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..vae import VAE, image_grid, to_uint8
 
+    check(args)
     device = resolve_device(args.device)
-    if args.grid is not None and args.grid.suffix.lower() != ".png":
-        raise ValueError(f"--grid writes a PNG picture: give a .png path, got {args.grid}")
-    model, reference = resolve_model(args.model)
+    model, reference = load_model_option(args.model)
     model.to(device)
     num_classes = getattr(model, "num_classes", None)
+    options = _sampler_options(args)
+    sampler = Sampler(
+        model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
+    )
+    vae, shape = None, sampler.plan.resolve_shape()
+    check_against_model(args, model, shape)
     if args.label is not None:
         labels = torch.full((args.n,), args.label, dtype=torch.long)
     elif num_classes:
         labels = torch.arange(args.n) % num_classes
     else:
         labels = None
-    options = _sampler_options(args)
-    sampler = Sampler(
-        model, args.steps, cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, **options
-    )
-    if args.grid is not None and args.shards is not None:
-        raise ValueError("--grid draws the samples of one file: use it without --shards")
-    vae, shape = None, sampler.plan.resolve_shape()
     if args.vae is not None:  # checked before any sampling: folder, weights, latent shape
         vae = VAE.load(args.vae, device=device, dtype=sampler.dtype)
         vae.batch_size = args.decode_batch_size

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..dtypes import DTYPES
-from .common import DEVICE_HELP, DEVICE_OPTION, resolve_device
+from .common import (
+    DEVICE_HELP,
+    DEVICE_OPTION,
+    check_count,
+    check_input,
+    check_output_folder,
+    one_line,
+    resolve_device,
+    whole_number,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -43,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "architecture, model and train (overrides --preset)",
     )
     train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--steps", type=int, default=None, help="override the step count")
+    train.add_argument("--steps", type=whole_number, default=None, help="override the step count")
     train.add_argument(
         "--set",
         action="append",
@@ -102,7 +111,10 @@ def _train_data(args: argparse.Namespace, info: Optional[dict[str, Any]], preset
     from ..training.data import load_dataset
 
     if args.data is not None:
-        return load_dataset("latents", path=str(args.data))
+        try:
+            return load_dataset("latents", path=str(args.data))
+        except (ValueError, OSError) as err:
+            raise ValueError(f"--data {args.data}: {one_line(err)}") from err
     if info:
         return _dataset_from_info(info)
     if preset is not None:
@@ -113,34 +125,81 @@ def _train_data(args: argparse.Namespace, info: Optional[dict[str, Any]], preset
     )
 
 
+def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], Any]:
+    """The options, before any data or model is loaded: the --out run folder, --steps, the
+    --set items, the paths read, and the preset or --config file. Returns (overrides, the
+    text each override was given as, the preset or None)."""
+    from ..presets import PRESETS, Preset
+
+    check_output_folder("--out", Path(args.out))
+    overrides, given = {}, {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}: e.g. --set p_t=0.2")
+        key, value = item.split("=", 1)
+        overrides[key], given[key] = _parse_value(value), f"--set {item}"
+    if args.steps is not None:
+        check_count("--steps", args.steps)
+        overrides["steps"], given["steps"] = args.steps, f"--steps {args.steps}"
+    if args.finetune is not None:
+        check_input("--finetune", args.finetune, "file", "checkpoint file")
+    if args.data is not None:
+        check_input("--data", args.data, "any", "latents file or folder")
+    if args.config:
+        check_input("--config", args.config, "file", "JSON config file")
+        try:
+            spec = json.loads(Path(args.config).read_text())
+            if not isinstance(spec, dict):
+                raise ValueError(f"it holds a {type(spec).__name__}, not an object")
+            return overrides, given, Preset(**spec)
+        except (ValueError, TypeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"--config {args.config}: {one_line(err)}; give a JSON object with dataset, "
+                "dataset_params, architecture, model and train"
+            ) from err
+    if args.preset is not None or not (args.finetune or args.resume):
+        name = args.preset or "toy2d"
+        if name not in PRESETS:
+            raise ValueError(f"--preset: unknown preset {name!r}: choose one of {tuple(PRESETS)}")
+        return overrides, given, PRESETS[name]
+    return overrides, given, None
+
+
+def _train_config(build: Any, overrides: dict[str, Any], given: dict[str, str], base: str) -> Any:
+    """`build(**overrides)`, the training configuration (a TrainConfig), with an error naming
+    the --set (or --steps) it refuses, or else `base` (where the other options come from)."""
+    try:
+        return build(**overrides)
+    except (ValueError, TypeError) as err:
+        for key, value in overrides.items():  # the option at fault, if one alone is
+            try:
+                build(**{key: value})
+            except (ValueError, TypeError):
+                raise ValueError(f"{given[key]}: {one_line(err)}; fix or drop it") from err
+        raise ValueError(
+            f"{base if not overrides else '--set / --steps'}: {one_line(err)}"
+        ) from err
+
+
+def _origin(args: argparse.Namespace) -> str:
+    """Where the training options come from: the --config file or the --preset."""
+    return f"--config {args.config}" if args.config else f"--preset {args.preset or 'toy2d'}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import read_header
-    from ..presets import PRESETS, Preset
     from ..training.trainer import TrainConfig, Trainer
 
     device = resolve_device(args.device)
+    overrides, given, preset = check(args)
     out = Path(args.out)
-    overrides = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key] = _parse_value(value)
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    preset = None
-    if args.config:
-        spec = json.loads(Path(args.config).read_text())
-        preset = Preset(**spec)
-    elif args.preset is not None or not (args.finetune or args.resume):
-        name = args.preset or "toy2d"
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}: choose one of {tuple(PRESETS)}")
-        preset = PRESETS[name]
     checkpoint = out / "checkpoint.safetensors"
     if args.resume:
         if not checkpoint.is_file():
-            raise ValueError(f"--resume: no checkpoint at {checkpoint}")
+            raise ValueError(
+                f"--resume: no checkpoint at {checkpoint}: name the run folder that holds it "
+                "with --out, or start a new run without --resume"
+            )
         saved, _ = read_header(checkpoint)
         data = _train_data(args, saved.get("dataset"), preset)
         trainer = Trainer.resume(checkpoint, data, out=out, device=device)
@@ -148,7 +207,19 @@ def run(args: argparse.Namespace) -> int:
             trainer.config = dataclasses.replace(trainer.config, steps=args.steps)
         print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
     elif args.finetune:
-        source, _ = read_header(args.finetune)  # a clear error for a bad file, first
+        try:  # a clear error for a bad file, first
+            source, _ = read_header(args.finetune)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"--finetune {args.finetune}: {one_line(err)}") from err
+        if preset is not None:
+            train_config = _train_config(preset.train_config, overrides, given, _origin(args))
+        else:
+            base = {**FINETUNE_DEFAULTS, "p_c": float(source.get("p_c") or 0.0)}
+
+            def build(**values: Any) -> TrainConfig:
+                return TrainConfig.from_dict({**base, **values})
+
+            train_config = _train_config(build, overrides, given, "the fine-tuning defaults")
         data = _train_data(args, source.get("dataset"), preset)
         classes = (source.get("model") or {}).get("num_classes")
         if data.num_classes is not None and classes and data.num_classes != classes:
@@ -157,11 +228,6 @@ def run(args: argparse.Namespace) -> int:
                 "are taken as the model's class ids (if the folders are a subset of the "
                 "model's classes, encode with --classes naming them all in id order)"
             )
-        if preset is not None:
-            train_config = preset.train_config(**overrides)
-        else:
-            base = {**FINETUNE_DEFAULTS, "p_c": float(source.get("p_c") or 0.0)}
-            train_config = TrainConfig.from_dict({**base, **overrides})
         trainer = Trainer.finetune(args.finetune, data, train_config, out=out, device=device)
         adds = float(source.get("p_t") or 0.0) == 0.0 and train_config.p_t > 0
         what = (
@@ -172,9 +238,10 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"fine-tuning {args.finetune} on {data.info.get('name')} ({len(data)}): {what}")
     else:
+        train_config = _train_config(preset.train_config, overrides, given, _origin(args))
         data = _train_data(args, None, preset)
         trainer = Trainer(
-            preset.build_model(), data, preset.train_config(**overrides), out=out, device=device
+            preset.build_model(train_config.seed), data, train_config, out=out, device=device
         )
     history = trainer.run(progress=not args.no_progress)
     model_path = trainer.export(out / "model.safetensors", dtype=DTYPES[args.export_dtype])
