@@ -155,7 +155,7 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> Tensor:
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4, got {embed_dim}")
-    coords = torch.arange(grid_size, dtype=torch.float64)
+    coords = torch.arange(grid_size, dtype=torch.float64, device="cpu")  # also under meta
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
     emb = torch.cat([_1d_sincos(embed_dim // 2, cols), _1d_sincos(embed_dim // 2, rows)], dim=1)
     return emb.to(torch.float32)

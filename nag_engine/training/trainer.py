@@ -21,7 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import (
+    CheckpointError,
     build_model,
+    check_finite,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -239,34 +241,56 @@ class Trainer:
         config, tensors = read_checkpoint(path)
         if "optimizer_groups" not in config or "rng.data" not in tensors:
             raise ValueError(f"{path} holds no training state (an exported model?): cannot resume")
-        if config["dataset"] != data.info:
-            raise ValueError(f"{path} was trained on {config['dataset']}, not on {data.info}")
-        model = build_model(config)
-        model.checkpoint_config = config  # (keeps its lineage: converted_from)
-        trainer = cls(
-            model,
-            data,
-            TrainConfig.from_dict(config["train"]),
-            out=out,
-            eval_fn=eval_fn,
-            device=device,
-            finetuned_from=config.get("finetuned_from"),
-        )
-        trainer.model.load_state_dict(tensor_section(tensors, "model."))
-        trainer.ema.load_state_dict(tensor_section(tensors, "ema."))
+        if config.get("dataset") != data.info:
+            raise ValueError(f"{path} was trained on {config.get('dataset')}, not on {data.info}")
+        check_finite(tensor_section(tensors, "model."), path, "model.")
+        try:
+            train_config = TrainConfig.from_dict(config["train"])
+            model = build_model(config, path=path)
+            model.checkpoint_config = config  # (keeps its lineage: converted_from)
+            trainer = cls(
+                model,
+                data,
+                train_config,
+                out=out,
+                eval_fn=eval_fn,
+                device=device,
+                finetuned_from=config.get("finetuned_from"),
+            )
+            trainer.load_training_state(config, tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{path}: its training state is damaged or incomplete ({type(err).__name__}: "
+                f"{err}); resume from an earlier checkpoint, or start the run again"
+            ) from None
+        return trainer
+
+    def load_training_state(self, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """The weights, EMA, optimizer, generators and step of a resumable checkpoint."""
+        self.model.load_state_dict(tensor_section(tensors, "model."))
+        self.ema.load_state_dict(tensor_section(tensors, "ema."))
+        params = list(self.model.parameters())
         optim_state: dict[int, dict[str, Tensor]] = {}
         for name, value in tensors.items():
             if name.startswith("optim."):
                 _, index, key = name.split(".", 2)
                 optim_state.setdefault(int(index), {})[key] = value
-        groups = trainer.optimizer.state_dict()["param_groups"]
+        for index, state in optim_state.items():
+            for key, value in state.items():
+                if value.ndim and value.shape != params[index].shape:
+                    raise ValueError(
+                        f"optimizer state optim.{index}.{key} has shape {tuple(value.shape)}, "
+                        f"its parameter {tuple(params[index].shape)}"
+                    )
+        groups = self.optimizer.state_dict()["param_groups"]
         for group, saved in zip(groups, config["optimizer_groups"]):
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-        trainer.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-        trainer.data_generator.set_state(tensors["rng.data"])
-        trainer.noise_generator.set_state(tensors["rng.noise"])
-        trainer.step = int(config["step"])
-        return trainer
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        self.data_generator.set_state(tensors["rng.data"])
+        self.noise_generator.set_state(tensors["rng.noise"])
+        self.step = int(config["step"])
 
     @classmethod
     def finetune(
