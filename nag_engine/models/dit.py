@@ -155,7 +155,7 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> Tensor:
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4, got {embed_dim}")
-    coords = torch.arange(grid_size, dtype=torch.float64, device="cpu")  # also under meta
+    coords = torch.arange(grid_size, dtype=torch.float64, device="cpu")
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
     emb = torch.cat([_1d_sincos(embed_dim // 2, cols), _1d_sincos(embed_dim // 2, rows)], dim=1)
     return emb.to(torch.float32)
@@ -358,8 +358,10 @@ class DiT(nn.Module):
         self.y_embedder = (
             LabelEmbedder(num_classes, hidden_size) if num_classes is not None else None
         )
+        # computed on the CPU (fast even when the model is built on meta), then placed where
+        # the model is built
         pos = get_2d_sincos_pos_embed(hidden_size, self.grid_size)
-        self.register_buffer("pos_embed", pos[None])  # fixed, saved with the checkpoint
+        self.register_buffer("pos_embed", pos[None].to(torch.get_default_device()))
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio, attention) for _ in range(depth)
         )
