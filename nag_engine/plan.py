@@ -139,7 +139,12 @@ class SamplingPlan:
             raise ValueError("y was given but the model is unconditional (no num_classes)")
         if isinstance(y, int) and not isinstance(y, bool):
             y = torch.full((n,), y, dtype=torch.long)
-        y = torch.as_tensor(y)
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"y must be an int or n integer class ids (a tensor or list), got {y!r:.80}"
+            ) from None
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
         if y.shape != (n,):

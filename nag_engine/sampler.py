@@ -160,7 +160,11 @@ class Sampler:
             progress=progress,
             default_batch=DEFAULT_BATCH,
         )
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function of a StepInfo, got {callback!r}")
         indices = range(n) if indices is None else indices
+        if not isinstance(indices, range):
+            raise TypeError(f"indices must be a range, got {type(indices).__name__}")
         if indices.step != 1 or (len(indices) and (indices.start < 0 or indices.stop > n)):
             raise ValueError(f"indices must be a contiguous sub-range of range({n}), got {indices}")
         with tqdm(

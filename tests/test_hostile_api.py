@@ -258,3 +258,27 @@ def test_parallel_sampler_options_are_refused_by_name(options, error, text):
 def test_labels_for_more_samples_than_memory_holds_are_refused():
     with pytest.raises(ValueError, match="class labels need"):
         next(ne.Sampler(CLASSES, 2).stream(10**15, y=1, progress=False))
+
+
+@pytest.mark.parametrize(
+    "call,error,text",
+    [
+        (lambda s: s.sample(2, callback=3, progress=False), TypeError, "callback must be"),
+        (lambda s: next(s.stream(4, indices=[0, 1])), TypeError, "indices must be a range"),
+        (lambda s: next(s.stream(4, indices=range(2, 9))), ValueError, "contiguous sub-range"),
+        (lambda s: next(s.stream(4, indices=range(0, 4, 2))), ValueError, "contiguous"),
+        (lambda s: s.sample(2, y=["a", "b"], progress=False), TypeError, "integer class ids"),
+        (lambda s: s.sample(2, y=[0.5, 1.5], progress=False), TypeError, "integer class ids"),
+    ],
+    ids=[
+        "callback int",
+        "indices list",
+        "indices beyond n",
+        "indices strided",
+        "y text",
+        "y floats",
+    ],
+)
+def test_sampler_call_arguments_are_refused_by_name(call, error, text):
+    with pytest.raises(error, match=text):
+        call(ne.Sampler(CLASSES, 2))

@@ -200,3 +200,15 @@ def test_a_non_finite_loss_stops_training_with_its_step_and_keeps_the_good_weigh
     clean.run(until=6, progress=False)
     for a, b in zip(clean.model.state_dict().values(), trainer.model.inner.state_dict().values()):
         assert torch.equal(a, b)  # the failed step changed nothing
+
+
+@pytest.mark.parametrize("which", ["model", "data", "config"])
+def test_trainer_arguments_of_the_wrong_kind_are_named(which):
+    args = {
+        "model": MLPDenoiser(dim=2, hidden=8, depth=1),
+        "data": load_dataset("ring", n=64, seed=0),
+        "config": TrainConfig(steps=1),
+    }
+    args[which] = {"steps": 1} if which == "config" else "wrong"
+    with pytest.raises(TypeError, match=f"{which} must be a"):
+        Trainer(args["model"], args["data"], args["config"])

@@ -52,6 +52,16 @@ class Trainer:
         device: Union[None, str, torch.device] = None,
         finetuned_from: Optional[str] = None,
     ):
+        for name, value, kind in (
+            ("model", model, nn.Module),
+            ("data", data, DataSet),
+            ("config", config, TrainConfig),
+        ):
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"{name} must be a {kind.__name__}, got {type(value).__name__}"
+                    + ("; build one with TrainConfig(**options)" if kind is TrainConfig else "")
+                )
         is_head = config.objective == "noise_level"
         if is_head != (getattr(model, "prediction", "") is None):
             raise ValueError(
