@@ -13,13 +13,14 @@ tensor values to decide what to run.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .arguments import finite_number
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,6 @@ UNCOND_CLASS = Pass("uncond_class", drop_t=False, drop_y=True)  # (t, null c)
 UNCOND_NOISE = Pass("uncond_noise", drop_t=True, drop_y=False)  # (null t, c)
 
 Interval = Optional[tuple[float, float]]
-
-
-def _check_scale(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 def check_interval(name: str, interval: Interval) -> Interval:
@@ -76,8 +69,8 @@ class Guidance:
     nag_interval: Interval = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cfg_scale", _check_scale("cfg_scale", self.cfg_scale))
-        object.__setattr__(self, "nag_scale", _check_scale("nag_scale", self.nag_scale))
+        object.__setattr__(self, "cfg_scale", finite_number("cfg_scale", self.cfg_scale))
+        object.__setattr__(self, "nag_scale", finite_number("nag_scale", self.nag_scale))
         object.__setattr__(self, "cfg_interval", check_interval("cfg_interval", self.cfg_interval))
         object.__setattr__(self, "nag_interval", check_interval("nag_interval", self.nag_interval))
 

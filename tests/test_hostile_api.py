@@ -45,11 +45,11 @@ CASES = [
     ("batch_size zero", dict(batch_size=0), ValueError, "batch_size must be > 0"),
     ("batch_size str", dict(batch_size="2"), TypeError, "batch_size must be an int"),
     # guidance scales and intervals
-    ("cfg_scale str", dict(cfg_scale="2"), TypeError, "cfg_scale must be a float"),
+    ("cfg_scale str", dict(cfg_scale="2"), TypeError, "cfg_scale must be a number"),
     ("cfg_scale nan", dict(cfg_scale=NAN), ValueError, "cfg_scale must be finite"),
     ("nag_scale inf", dict(nag_scale=INF), ValueError, "nag_scale must be finite"),
     ("nag_scale nan", dict(nag_scale=NAN), ValueError, "nag_scale must be finite"),
-    ("nag_scale list", dict(nag_scale=[0.5]), TypeError, "nag_scale must be a float"),
+    ("nag_scale list", dict(nag_scale=[0.5]), TypeError, "nag_scale must be a number"),
     ("cfg_interval str", dict(cfg_interval="0.2,0.8"), TypeError, "cfg_interval must be a pair"),
     ("nag_interval triple", dict(nag_interval=(0, 0.5, 1)), TypeError, "nag_interval"),
     ("nag_interval reversed", dict(nag_interval=(0.8, 0.2)), ValueError, "t_low <= t_high"),

@@ -101,12 +101,7 @@ def check(args: argparse.Namespace) -> list[str]:
     if args.estimator not in ESTIMATORS:
         check_input("--estimator", Path(args.estimator), "file", "noise-level head checkpoint")
     out = Path(args.out)
-    check_output_folder("--out", out)
-    for name in OUTPUTS:
-        if (out / name).is_dir():
-            raise ValueError(
-                f"--out {out}: {out / name} is a folder; remove it or choose another --out"
-            )
+    check_output_folder("--out", out, files=OUTPUTS)
     return settings
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -227,13 +227,18 @@ def check_output_file(
     check_folder_for(option, path, path.parent)
 
 
-def check_output_folder(option: str, path: Path) -> None:
+def check_output_folder(option: str, path: Path, files: Sequence[str] = ()) -> None:
     """A folder the command will write into (made if missing): not an existing file, under
-    folders only, writable by this user."""
+    folders only, writable by this user, and none of the `files` it writes there a folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file: name a folder (new or existing) instead")
     check_folder_for(option, path, path)
+    for name in files:
+        if (path / name).is_dir():
+            raise ValueError(
+                f"{option} {path}: {path / name} is a folder; remove it or choose another {option}"
+            )
 
 
 def check_input(option: str, path: Path, kind: str, what: str) -> None:

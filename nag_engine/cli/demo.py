@@ -81,12 +81,7 @@ def check(args: argparse.Namespace, sizes: Optional[dict[str, int]] = None) -> N
         what = f"{name} samples and their metrics" + ("" if sizes else " (at the least)")
         check_memory(option, n, lambda v, s=size, p=name == "toy2d": _need(v, s, p), what)
     out = Path(args.out)
-    check_output_folder("--out", out)
-    for name in OUTPUTS:
-        if (out / name).is_dir():
-            raise ValueError(
-                f"--out {out}: {out / name} is a folder; remove it or choose another --out"
-            )
+    check_output_folder("--out", out, files=OUTPUTS)
 
 
 def _toy_metrics(x, labels, mixture, seed):
