@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -85,6 +86,23 @@ def check_sample_shape(name: str, shape: Any) -> Optional[tuple[int, ...]]:
     if not shape:
         raise ValueError(f"{name} must have at least one dimension, got ()")
     return tuple(shape)
+
+
+def check_writable_folder(name: str, path: Any, folder: Any) -> None:
+    """`folder` (where the output `path` of argument `name` goes) can be made and written: its
+    nearest existing ancestor is a folder, not a file, and this user can write in it."""
+    base = Path(os.path.abspath(folder))
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(
+            f"{name} {path} lies under the file {base}, not a folder: choose a path in a folder"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{name} {path}: cannot write in {base} (permission denied): choose a folder you "
+            "can write to"
+        )
 
 
 def free_memory(device: torch.device) -> int:

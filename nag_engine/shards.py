@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import check_positive_int
+from .arguments import check_positive_int, check_writable_folder
 from .identity import model_identity, plan_identity
 from .images import atomic_write_npz, claim_run_folder, encode_png, read_manifest
 from .requests import check_request
@@ -72,13 +72,7 @@ def check_out_dir(out_dir: Union[str, Path], name: str = "out_dir") -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{name} {out_dir} is a file; pass the path of a folder for the shards")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{name} {out_dir} lies under the file {existing}; pass a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {out_dir}: cannot write in {existing} (permission denied)")
+    check_writable_folder(name, out_dir, out_dir)
     return out_dir
 
 

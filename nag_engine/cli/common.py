@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -16,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arguments import check_writable_folder
 from ..images import density_image, side_by_side
+from ..noise import MAX_SEED
 
 # ---------------------------------------------------------------------- models and data
 EXACT_MODELS = ("ring-exact", "gmm32-exact")  # exact Gaussian mixtures, built in code
@@ -155,7 +156,6 @@ class CommandParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------- checks before work
 # Each raises a ValueError whose message names the option and the fix; `main` prints it as one
 # line `nag-engine COMMAND: error: ...` and exits with status 2. None of them creates anything.
-SEED_LIMIT = 2**64  # seeds are 64-bit words: 0 <= seed < 2**64
 
 
 def check_count(option: str, value: int, *, limit: Optional[int] = None, why: str = "") -> int:
@@ -179,34 +179,10 @@ def check_steps_option(value: int, option: str = "--steps") -> int:
 
 
 def check_seed_option(value: int, option: str = "--seed") -> int:
-    """A seed option: an int in [0, 2**64)."""
-    if not 0 <= value < SEED_LIMIT:
+    """A seed option: an int in [0, 2**64 - 1] (the sampler's seed range)."""
+    if not 0 <= value <= MAX_SEED:
         raise ValueError(f"{option} {value} is out of range: pass a seed in [0, 2**64 - 1]")
     return value
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path` itself or its nearest ancestor that exists (the folder a new path goes in)."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_folder_for(option: str, path: Path, folder: Path) -> None:
-    """`folder` (where the output `path` goes) can be made and written: its nearest existing
-    ancestor is a folder, not a file, and this user can write in it."""
-    base = nearest_existing(folder)
-    if not base.is_dir():
-        raise ValueError(
-            f"{option} {path} lies under {base}, which is a file, not a folder: choose a path "
-            "in a folder"
-        )
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{option} {path}: cannot write in {base} (permission denied): choose a folder you "
-            "can write to"
-        )
 
 
 def check_output_file(
@@ -224,7 +200,7 @@ def check_output_file(
             f"{option} {path}: give a path ending in {' or '.join(suffixes)}, e.g. "
             f"{path.with_suffix(suffixes[0])}"
         )
-    check_folder_for(option, path, path.parent)
+    check_writable_folder(option, path, path.parent)
 
 
 def check_output_folder(option: str, path: Path, files: Sequence[str] = ()) -> None:
@@ -233,7 +209,7 @@ def check_output_folder(option: str, path: Path, files: Sequence[str] = ()) -> N
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file: name a folder (new or existing) instead")
-    check_folder_for(option, path, path)
+    check_writable_folder(option, path, path)
     for name in files:
         if (path / name).is_dir():
             raise ValueError(
