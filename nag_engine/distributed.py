@@ -10,8 +10,9 @@ in one process, under torchrun, or in a group the caller set up itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, Union
 
 import torch
 import torch.distributed as dist
@@ -58,15 +59,26 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def rank_device(device: str) -> str:
-    """The device of this process for a run on `device`: under torchrun, "cuda" becomes
-    "cuda:LOCAL_RANK" (one GPU per process); anything else is returned unchanged."""
-    if device == "cuda" and launched_by_torchrun():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+def rank_label() -> str:
+    """ " (rank R)" for messages of a process in a run of several (in a process group, or started
+    by torchrun with WORLD_SIZE > 1 before it joins one); "" for a single process."""
+    if is_initialized() and dist.get_world_size() > 1:
+        return f" (rank {dist.get_rank()})"
+    if launched_by_torchrun() and os.environ["WORLD_SIZE"] != "1":
+        return f" (rank {os.environ['RANK']})"
+    return ""
+
+
+def rank_device(device: Union[str, torch.device]) -> torch.device:
+    """The device of this process for a run on `device`: under torchrun, "cuda" (no index)
+    becomes "cuda:LOCAL_RANK", one GPU per process; anything else is returned unchanged."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 
-def init_from_environment(device: str) -> Ranks:
+def init_from_environment(device: Union[str, torch.device]) -> Ranks:
     """Join the process group torchrun describes (NCCL for CUDA devices, gloo otherwise) and
     return this process's ranks; a plain process (no torchrun variables) stays alone. Nothing is
     done when a group is initialised already."""
@@ -107,6 +119,10 @@ def broadcast(value: T, src: int = 0) -> T:
     return box[0]
 
 
+class DistributedRunError(RuntimeError):
+    """Another rank of the run failed; its error is in the message."""
+
+
 def on_main(work: Callable[[], T]) -> T:
     """Run `work` on rank 0 only and give its result to every rank; an exception it raises is
     raised on every rank (the same type and message), so no rank goes on alone."""
@@ -124,3 +140,14 @@ def on_main(work: Callable[[], T]) -> T:
             raise value
         raise type(value)(*value.args)
     return value
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of `values` over every rank (all-reduce sum / world size), the
+    same on every rank; `values` itself in a single process. A NaN or infinity on one rank
+    reaches every rank, so a check of the result agrees everywhere."""
+    if not is_initialized():
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .arguments import check_positive_int, check_writable_folder
 from .identity import model_identity, plan_identity
 from .images import atomic_write_npz, claim_run_folder, encode_png, read_manifest
@@ -179,33 +181,175 @@ def sample_to_disk(
     if decoder is not None:
         decoder.check_latents(shape)
     out_dir = check_out_dir(out_dir)  # made only once the arguments are known to be good
-    out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
-    claim_run_folder(out_dir / MANIFEST, identity, "sample_to_disk run")
-    _remove_leftovers(out_dir)
-    shards = [_shard_path(out_dir, i, format) for i in range((n + shard_size - 1) // shard_size)]
-    done = sum(min(shard_size, n - i * shard_size) for i, p in enumerate(shards) if p.exists())
-    with tqdm(
-        total=n, initial=done, desc="samples on disk", unit="sample", disable=not progress
-    ) as bar:
-        for i, path in enumerate(shards):
-            if path.exists():
-                continue
-            lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
-            parts = sampler.stream(
+    shards = [_shard_path(out_dir, i, format) for i in range(-(-n // shard_size))]
+    sizes = [min(shard_size, n - i * shard_size) for i in range(len(shards))]
+
+    def claim() -> list[int]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_folder(out_dir / MANIFEST, identity, "sample_to_disk run")
+        _remove_leftovers(out_dir)
+        return [i for i, path in enumerate(shards) if not path.exists()]
+
+    # rank 0 alone claims the folder and lists what is missing; the others wait for its answer
+    # (or its error), so every rank splits the same list
+    missing = distributed.on_main(claim)
+    ranks = distributed.current()
+    mine = missing[ranks.rank :: ranks.world_size]
+    bar = _CombinedProgress(shards, sizes, missing, ranks, enabled=progress and ranks.is_main)
+    if not ranks.distributed:
+        with bar:
+            _write_shards(
+                sampler,
+                mine,
+                shards,
+                sizes,
                 n,
-                y=labels,
-                seed=seed,
-                batch_size=batch_size,
-                progress=progress,
-                indices=range(lo, hi),
+                labels,
+                seed,
+                shard_size,
+                format,
+                batch_size,
+                progress,
+                decoder,
+                bar,
             )
-            batches = list(parts)
-            samples = torch.cat([b.samples for b in batches])
-            shard_labels = labels[lo:hi] if labels is not None else None
-            _write_shard(path, format, lo, samples, shard_labels, decoder)
-            bar.update(hi - lo)
+        return shards
+    failure: Optional[Exception] = None
+    try:
+        _write_shards(
+            sampler,
+            mine,
+            shards,
+            sizes,
+            n,
+            labels,
+            seed,
+            shard_size,
+            format,
+            batch_size,
+            progress and ranks.is_main,
+            decoder,
+            bar,
+        )
+    except Exception as err:  # kept until every rank is at the end, to hear of it there
+        failure = err
+    bar.wait_for_all()
+    _raise_any_failure(failure, ranks)
     return shards
+
+
+def _write_shards(
+    sampler: Sampler,
+    mine: list[int],
+    shards: list[Path],
+    sizes: list[int],
+    n: int,
+    labels: Optional[torch.Tensor],
+    seed: int,
+    shard_size: int,
+    fmt: str,
+    batch_size: Optional[int],
+    progress: bool,
+    decoder: Any,
+    bar: _CombinedProgress,
+) -> None:
+    """Sample and write the shards numbered in `mine`, each drawn from its own sample indices."""
+    for i in mine:
+        lo, hi = i * shard_size, i * shard_size + sizes[i]
+        parts = sampler.stream(
+            n, y=labels, seed=seed, batch_size=batch_size, progress=progress, indices=range(lo, hi)
+        )
+        samples = torch.cat([b.samples for b in parts])
+        _write_shard(
+            shards[i], fmt, lo, samples, None if labels is None else labels[lo:hi], decoder
+        )
+        bar.wrote(i)
+
+
+class _CombinedProgress:
+    """One progress line for the whole run, on rank 0: the samples on disk and, under several
+    ranks, each rank's shards done. All ranks write into one folder and a shard appears whole
+    (it is renamed into place), so rank 0 reads the other ranks' progress from the folder."""
+
+    def __init__(
+        self,
+        shards: list[Path],
+        sizes: list[int],
+        missing: list[int],
+        ranks: distributed.Ranks,
+        enabled: bool,
+    ):
+        self.shards, self.sizes, self.ranks, self.enabled = shards, sizes, ranks, enabled
+        self.owner = {i: k % ranks.world_size for k, i in enumerate(missing)}
+        self.owned = [len(missing[r :: ranks.world_size]) for r in range(ranks.world_size)]
+        self.done = [0] * ranks.world_size
+        self.pending = set(missing)
+        self.bar = tqdm(
+            total=sum(sizes),
+            initial=sum(sizes) - sum(sizes[i] for i in missing),
+            desc="samples on disk",
+            unit="sample",
+            disable=not enabled,
+        )
+
+    def wrote(self, shard: int) -> None:
+        """This rank wrote `shard`; under several ranks, look at the others' too."""
+        if not self.enabled:
+            return
+        if self.ranks.distributed:
+            self._look()
+        else:
+            self._count(shard)
+
+    def _count(self, shard: int) -> None:
+        self.pending.discard(shard)
+        self.done[self.owner[shard]] += 1
+        self.bar.update(self.sizes[shard])
+
+    def _look(self) -> None:
+        for shard in sorted(i for i in self.pending if self.shards[i].exists()):
+            self._count(shard)
+        done = " ".join(f"{d}/{t}" for d, t in zip(self.done, self.owned))
+        self.bar.set_postfix_str(f"shards per rank {done}", refresh=True)
+
+    def wait_for_all(self) -> None:
+        """Wait at a barrier for every rank; rank 0 keeps its line up to date meanwhile."""
+        waiting = torch.distributed.barrier(async_op=True)
+        while not waiting.is_completed():
+            if self.enabled:
+                self._look()
+            time.sleep(0.5)
+        waiting.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.enabled and self.ranks.distributed:
+            self._look()
+        self.bar.close()
+
+    def __enter__(self) -> _CombinedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _raise_any_failure(failure: Optional[BaseException], ranks: distributed.Ranks) -> None:
+    """Raise on every rank when any rank failed, naming the ranks and their errors."""
+    failures = [None] * ranks.world_size
+    torch.distributed.all_gather_object(
+        failures, None if failure is None else f"{type(failure).__name__}: {failure}"
+    )
+    if failure is not None:
+        raise failure
+    failed = [(r, message) for r, message in enumerate(failures) if message is not None]
+    if failed:
+        raise distributed.DistributedRunError(
+            "sample_to_disk failed on "
+            + "; ".join(f"rank {r} ({message})" for r, message in failed)
+            + ": the shards written are kept; run the same call again to finish"
+        )
 
 
 def load_shards(out_dir: Union[str, Path]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

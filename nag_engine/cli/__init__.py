@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from . import analyze, convert, demo, encode, info, sample, train
 from .common import (
     DEVICE_HELP,
@@ -86,10 +86,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `nag-engine` command."""
     args = _parser().parse_args(argv)
-    prefix = f"nag-engine {args.command}: error:"
+    prefix = f"nag-engine {args.command}{distributed.rank_label()}: error:"
     try:
         return COMMANDS[args.command].run(args)
-    except (ValueError, TypeError, OSError, ImportError) as err:
+    except (ValueError, TypeError, OSError, ImportError, distributed.DistributedRunError) as err:
         print(f"{prefix} {one_line(err)}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..images import add_title, atomic_write_npz, write_png
 from ..sampler import Sampler
 from ..schedules import SPACINGS
@@ -53,7 +54,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "gmm32-exact | path to a .safetensors checkpoint (default: toy2d)",
     )
     sample.add_argument(
-        "--n", "--num-samples", dest="n", type=whole_number, default=2000, help="number of samples"
+        "--num-samples",
+        "--n",
+        dest="n",
+        type=whole_number,
+        default=2000,
+        help="number of samples (under torchrun write --num-samples: torchrun takes --n for an "
+        "abbreviation of its own options)",
     )
     sample.add_argument("--steps", type=whole_number, default=50)
     sample.add_argument("--solver", default="euler", choices=tuple(SOLVERS))
@@ -200,6 +207,11 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--grid draws the samples of one file: use it without --shards")
     if args.shards is not None:
         check_output_folder("--shards", args.shards)
+    elif distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError(
+            "under torchrun the ranks share the work by shards: pass --shards DIR (each rank "
+            "writes its own shards into DIR)"
+        )
     else:
         check_output_file("--out", args.out, suffixes=(".npz",), example="samples.npz")
         png = args.out.with_suffix(".png")
@@ -240,10 +252,19 @@ def _check_samples_fit(args: argparse.Namespace, per_sample: int, what: str) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    check(args)
+    device = distributed.rank_device(resolve_device(args.device))
+    if args.shards is not None:  # under torchrun: join its process group (else: one process)
+        distributed.init_from_environment(device)
+    try:
+        return _run(args, device)
+    finally:
+        distributed.finish()
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> int:
     from ..vae import VAE, image_grid, to_uint8
 
-    check(args)
-    device = resolve_device(args.device)
     model, reference = load_model_option(args.model)
     model.to(device)
     num_classes = getattr(model, "num_classes", None)
@@ -286,10 +307,14 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - start
         decoded = f", {vae.decode_seconds:.1f} s of it decoding" if vae is not None else ""
+        ranks = distributed.current()
+        if not ranks.is_main:
+            return 0
+        on = f" on {ranks.world_size} ranks" if ranks.distributed else ""
         print(
             f"nag_engine {__version__}: {args.n} samples of {args.model} in {len(paths)} "
-            f"{args.shard_format} shards under {args.shards} ({seconds:.1f} s{decoded}; run the "
-            "same command again to finish an interrupted run)"
+            f"{args.shard_format} shards under {args.shards}{on} ({seconds:.1f} s{decoded}; "
+            "run the same command again to finish an interrupted run)"
         )
         return 0
     parts, images = [], []
