@@ -3,7 +3,8 @@
 # "bash benchmarks/gpu_checks.sh PART" with carry [".whl"], where .whl/ holds wheels of the
 # pure-Python dependencies for a machine without network). PART is all (default), or one of
 # tests, kernels, sampling-S, sampling-B, sampling-XL (one DiT size each), sampling (all
-# three) or finetune (DiT-XL/2 NAG fine-tune steps/s), so that each fits a 10-minute call;
+# three), finetune (DiT-XL/2 NAG fine-tune steps/s) or shards (the sharded writer against
+# Sampler.sample at DiT-XL/2), so that each fits a 10-minute call;
 # every part installs the
 # project first unless nag_engine._C with CUDA already imports. Writes to ${OUT:-out/gpu}:
 #   device.txt        the GPU, torch, and which fused-step backends run
@@ -12,14 +13,15 @@
 #   fused_step_gpu.*  the fused step (triton, cuda) vs a copy, LayerNorm+adaLN, Picard update
 #   sampling*.*       the sampling loops (a)-(d) on DiT-S/B/XL (sampling-S.* for one size)
 #   nag_finetune_gpu.json  DiT-XL/2 fine-tune steps/s at batch 32, bf16, p_t 0.2 vs 0
+#   shards_gpu.*      sample_to_disk against Sampler.sample, DiT-XL/2 batch 256 (writer overhead)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PART=${1:-all}
 case "$PART" in
-  all|tests|kernels|sampling|finetune) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
+  all|tests|kernels|sampling|finetune|shards) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
   sampling-S|sampling-B|sampling-XL) models="DiT-${PART#sampling-}/2"; name=$PART ;;
-  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL|finetune"
+  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL|finetune|shards"
      exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -58,4 +60,10 @@ fi
 if [ "$PART" = all ] || [ "$PART" = finetune ]; then
 timeout 540 python -m benchmarks.nag_finetune --gpu-only --out "$OUT" > "$OUT/nag_finetune_gpu.md" 2>&1
 tail -3 "$OUT/nag_finetune_gpu.md"
+fi
+if [ "$PART" = all ] || [ "$PART" = shards ]; then
+timeout 540 python -m benchmarks.distributed_sampling --model DiT-XL/2 --device cuda \
+  --num-samples 1024 --steps 25 --batch-size 256 --shard-size 256 --repeats 2 --ranks 0 \
+  --out "$OUT/shards_gpu.json" > "$OUT/shards_gpu.md" 2>&1
+tail -8 "$OUT/shards_gpu.md"
 fi

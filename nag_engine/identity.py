@@ -23,7 +23,7 @@ def tensor_digest(tensors: dict[str, Tensor]) -> str:
         tensor = tensors[name].detach()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         raw = tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        digest.update(raw.numpy().tobytes())
+        digest.update(memoryview(raw.numpy()))  # (no copy of the bytes)
     return digest.hexdigest()
 
 
