@@ -1,4 +1,4 @@
-"""The `nag-engine` command: demo, sample, analyze, train, convert, encode, info.
+"""The `nag-engine` command: demo, sample, analyze, train, convert, encode, evaluate, export, info.
 
 nag-engine demo                       compare baseline / CFG / NAG / CFG+NAG on the shipped
                                       models, write one PNG per model, print a quality table
@@ -9,11 +9,13 @@ nag-engine train --preset toy2d       train a NAG-capable checkpoint (resumable)
                                       --data LATENTS adds NAG to a pretrained model
 nag-engine convert IN OUT --format F  official DiT / SiT checkpoints, diffusers folders -> ours
 nag-engine encode IMAGES OUT --vae D  images -> training latents through a VAE
+nag-engine evaluate SAMPLES --ref R   FID, Inception Score, precision/recall (--inception PATH)
+nag-engine export SAMPLES OUT.npz     samples -> an ADM batch .npz for the ADM evaluation suite
 nag-engine info [PATH]                what a checkpoint is; without PATH, the kernel backends here
 
-One module per command (demo, sample, analyze, train, convert, encode, info), each with
-`add_parser(commands)` and `run(args)`; common.py holds what they share. This module assembles
-the parser and runs the chosen command.
+One module per command (demo, sample, analyze, train, convert, encode, evaluate, export, info),
+each with `add_parser(commands)` and `run(args)`; common.py holds what they share. This module
+assembles the parser and runs the chosen command.
 
 Bad input fails before any work with exit status 2 and one line on stderr, `nag-engine
 COMMAND: error: ...`, naming the option and the fix: argparse's usage errors (CommandParser),
@@ -31,7 +33,7 @@ from typing import Optional
 import torch
 
 from .. import __version__, distributed
-from . import analyze, convert, demo, encode, info, sample, train
+from . import analyze, convert, demo, encode, evaluate, export, info, sample, train
 from .common import (
     DEVICE_HELP,
     DEVICE_OPTION,
@@ -65,6 +67,8 @@ COMMANDS = {
     "train": train,
     "convert": convert,
     "encode": encode,
+    "evaluate": evaluate,
+    "export": export,
     "info": info,
 }
 
@@ -73,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="nag-engine",
         description="Sampling with Noise Awareness Guidance (NAG): demo, sample, analyze, train, "
-        "convert, encode, info.",
+        "convert, encode, evaluate, export, info.",
         epilog="Start with `nag-engine demo`; each command has its own --help.",
     )
     parser.add_argument("--version", action="version", version=f"nag_engine {__version__}")
