@@ -1,5 +1,9 @@
 """`nag-engine train`: train a NAG-capable checkpoint from a preset or a config file, resume a
-run, or fine-tune a pretrained model (--finetune) to add NAG."""
+run, or fine-tune a pretrained model (--finetune) to add NAG.
+
+Under `torchrun --nproc_per_node N -m nag_engine.cli train ...` the N processes train one run
+data-parallel (the batch size stays the global batch, split over the ranks); rank 0 writes the
+files and prints, and a resumed run continues on any number of ranks that divides the batch."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..dtypes import DTYPES
 from .common import (
@@ -20,6 +24,11 @@ from .common import (
     resolve_device,
     whole_number,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..distributed import Ranks
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -187,11 +196,35 @@ def _origin(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    # under torchrun: one GPU per process (cuda -> cuda:LOCAL_RANK), then join its group
+    device = distributed.rank_device(resolve_device(args.device))
+    overrides, given, preset = check(args)
+    ranks = distributed.init_from_environment(device)
+    try:
+        return _train(args, device, overrides, given, preset, ranks)
+    finally:
+        distributed.finish()
+
+
+def _train(
+    args: argparse.Namespace,
+    device: torch.device,
+    overrides: dict[str, Any],
+    given: dict[str, str],
+    preset: Any,
+    ranks: Ranks,
+) -> int:
+    """The run `run` prepared, on this process's device and ranks."""
     from ..checkpoints import read_header
+    from ..training.replicas import check_batch_split
     from ..training.trainer import TrainConfig, Trainer
 
-    device = resolve_device(args.device)
-    overrides, given, preset = check(args)
+    def say(text: str) -> None:  # the run's messages, once: from rank 0
+        if ranks.is_main:
+            print(text)
+
     out = Path(args.out)
     checkpoint = out / "checkpoint.safetensors"
     if args.resume:
@@ -201,11 +234,14 @@ def run(args: argparse.Namespace) -> int:
                 "with --out, or start a new run without --resume"
             )
         saved, _ = read_header(checkpoint)
+        batch_size = (saved.get("train") or {}).get("batch_size")
+        if isinstance(batch_size, int):
+            check_batch_split(batch_size, ranks.world_size)
         data = _train_data(args, saved.get("dataset"), preset)
         trainer = Trainer.resume(checkpoint, data, out=out, device=device)
         if args.steps is not None:  # train on past the original budget
             trainer.config = dataclasses.replace(trainer.config, steps=args.steps)
-        print(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
+        say(f"resuming {checkpoint} at step {trainer.step} of {trainer.config.steps}")
     elif args.finetune:
         try:  # a clear error for a bad file, first
             source, _ = read_header(args.finetune)
@@ -220,10 +256,11 @@ def run(args: argparse.Namespace) -> int:
                 return TrainConfig.from_dict({**base, **values})
 
             train_config = _train_config(build, overrides, given, "the fine-tuning defaults")
+        check_batch_split(train_config.batch_size, ranks.world_size)
         data = _train_data(args, source.get("dataset"), preset)
         classes = (source.get("model") or {}).get("num_classes")
         if data.num_classes is not None and classes and data.num_classes != classes:
-            print(
+            say(
                 f"note: the data has {data.num_classes} classes, the model {classes}; its labels "
                 "are taken as the model's class ids (if the folders are a subset of the "
                 "model's classes, encode with --classes naming them all in id order)"
@@ -236,9 +273,10 @@ def run(args: argparse.Namespace) -> int:
             if adds
             else f"p_t={train_config.p_t}"
         )
-        print(f"fine-tuning {args.finetune} on {data.info.get('name')} ({len(data)}): {what}")
+        say(f"fine-tuning {args.finetune} on {data.info.get('name')} ({len(data)}): {what}")
     else:
         train_config = _train_config(preset.train_config, overrides, given, _origin(args))
+        check_batch_split(train_config.batch_size, ranks.world_size)
         data = _train_data(args, None, preset)
         trainer = Trainer(
             preset.build_model(train_config.seed), data, train_config, out=out, device=device
@@ -249,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
         k = max(1, min(50, len(history) // 4))
         first = sum(h["loss"] for h in history[:k]) / k
         last = sum(h["loss"] for h in history[-k:]) / k
-        print(f"loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k} steps)")
-    print(f"wrote {checkpoint} (resumable) and {model_path} (EMA weights, for sampling)")
+        say(f"loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k} steps)")
+    say(f"wrote {checkpoint} (resumable) and {model_path} (EMA weights, for sampling)")
+    if ranks.distributed:
+        say(f"trained on {ranks.world_size} ranks, global batch {trainer.config.batch_size}")
     return 0

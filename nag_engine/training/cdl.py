@@ -184,6 +184,7 @@ def noise_log_ratio(
     generator: Optional[torch.Generator] = None,
     schedule: Union[None, str, Schedule] = None,
     chunk_size: int = 8192,
+    keep: Optional[Tensor] = None,
 ) -> Tensor:
     """Monte-Carlo estimate of log p(x) - log p_zeta(x) per row of x [B, ...] (see module doc).
 
@@ -196,7 +197,11 @@ def noise_log_ratio(
     leaves the mean unchanged, a good fit of the data lowers the variance (for Gaussian data
     with the exact m, v the estimate is exact). The result is unbiased for the integral over
     lambda_range, differentiable w.r.t. the model's parameters, float64 for float64 x and float32
-    otherwise. The model sees 2 * B * num_samples rows, in chunks of at most chunk_size."""
+    otherwise. The model sees 2 * B * num_samples rows, in chunks of at most chunk_size.
+
+    keep: row indices [K] of x (a data-parallel rank's share); the draws and the baseline
+    variance are those of the whole batch, the model sees and the result holds these K rows
+    only, each as it would be without `keep`."""
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     lo, hi = (float(v) for v in lambda_range)
@@ -216,16 +221,22 @@ def noise_log_ratio(
         variance = _per_row(baseline_variance, rows, xw)
 
     lam, log_q = _sample_log_snr(rows, num, (lo, hi), loc, scale, generator, xw)
+    eps_shape = (rows * num,) + tuple(xw.shape[1:])  # row i owns [i*num, (i+1)*num)
+    eps = torch.randn(eps_shape, generator=generator, dtype=dtype, device=x.device)
+    y_k = None if y is None else torch.as_tensor(y, device=x.device).expand(rows)
+    if keep is not None:
+        eps = eps.view((rows, num) + eps_shape[1:])[keep].flatten(0, 1)
+        lam, log_q, xw, zeta, mean = lam[keep], log_q[keep], xw[keep], zeta[keep], mean[keep]
+        variance, y_k = variance[keep], None if y_k is None else y_k[keep]
+        rows = len(keep)
     lam, log_q = lam.flatten(), log_q.flatten()  # row-major: row i owns [i*num, (i+1)*num)
     zeta_k = zeta.repeat_interleave(num)
     lam_p = remap_log_snr(lam, zeta_k)
     # c = sqrt(sig(-lam) / sig(-lam')), sig(-lam') = -expm1(log sig(lam) + log sig(zeta))
     c = torch.sqrt(torch.sigmoid(-lam) / -torch.expm1(F.logsigmoid(lam) + F.logsigmoid(zeta_k)))
     x_k = xw.repeat_interleave(num, 0)
-    eps = torch.randn(x_k.shape, generator=generator, dtype=dtype, device=x.device)
     z = _vp_state(x_k, lam, eps)
 
-    y_k = None if y is None else torch.as_tensor(y, device=x.device).expand(rows)
     y_k = None if y_k is None else y_k.repeat_interleave(num).repeat(2)
     both = torch.cat([z, z])  # one batch: the data denoiser at lam and at lam'
     eps_hat = eps_at_log_snr(
@@ -252,6 +263,7 @@ def cdl_loss(
     zeta_range: tuple[float, float] = (-5.0, 5.0),
     num_samples: int = 1,
     generator: Optional[torch.Generator] = None,
+    share: Optional[slice] = None,
     **estimator_options,
 ) -> Tensor:
     """The contrastive diffusion loss on a batch of clean data x0 [B, ...] (scalar, mean).
@@ -265,7 +277,11 @@ def cdl_loss(
     zeta is uniform in log-SNR: at its low end p_zeta is nearly N(0, I) (an easy negative), at
     its high end nearly the data (a hard one). The logits are Monte-Carlo estimates, and BCE is
     convex, so few samples bias the loss upward: for the exact 8-mode ring denoiser it is 1.22
-    with num_samples=1, 0.51 with 16, against 0.46 for the exact logits."""
+    with num_samples=1, 0.51 with 16, against 0.46 for the exact logits.
+
+    share (a data-parallel rank's rows of x0): every draw is made for the whole batch, the
+    loss is the mean over this share's clean and noised rows only, so the mean over N ranks
+    with equal shares is the loss of one process on the whole batch."""
     lo, hi = (float(v) for v in zeta_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
         raise ValueError(f"zeta_range must be finite with lo <= hi, got {zeta_range!r}")
@@ -276,6 +292,10 @@ def cdl_loss(
     noise = torch.randn(x0w.shape, generator=generator, dtype=dtype, device=x0.device)
     x_zeta = _vp_state(x0w, zeta, noise)
     y2 = None if y is None else torch.as_tensor(y, device=x0.device).expand(rows).repeat(2)
+    keep = None
+    if share is not None:  # the share's clean rows and their noised copies
+        mine = torch.arange(rows, device=x0.device)[share]
+        keep = torch.cat([mine, mine + rows])
     logits = noise_log_ratio(
         model,
         torch.cat([x0w, x_zeta]),
@@ -283,7 +303,9 @@ def cdl_loss(
         y=y2,
         num_samples=num_samples,
         generator=generator,
+        keep=keep,
         **estimator_options,
     )
     labels = torch.cat([torch.ones_like(zeta), torch.zeros_like(zeta)]).to(logits.dtype)
+    labels = labels if keep is None else labels[keep]
     return F.binary_cross_entropy_with_logits(logits, labels)

@@ -120,6 +120,10 @@ def training_target(
     raise ValueError(f"cannot train a {prediction!r} model: use velocity, eps, x0 or v")
 
 
+def _rows_of(values: Optional[Tensor], share: slice) -> Optional[Tensor]:
+    return None if values is None else values[share]
+
+
 @dataclass
 class LossOutput:
     """The loss and what went into it (for logging and tests)."""
@@ -142,10 +146,15 @@ def denoising_loss(
     time_distribution: str = "uniform",
     time_mean: float = 0.0,
     time_std: float = 1.0,
+    share: Optional[slice] = None,
 ) -> LossOutput:
     """Mean squared error of the model's prediction on a batch of clean data x0, with
     noise-condition dropout (p_t) and class dropout (p_c). All randomness comes from
-    `generator`, so a run is reproducible and resumable."""
+    `generator`, so a run is reproducible and resumable.
+
+    `share` (a data-parallel rank's rows of the batch): the randomness is drawn for the whole
+    batch x0, then the model sees and the loss averages only these rows, so N ranks with equal
+    shares make the draws, and (averaged) the gradient, of one process on the whole batch."""
     for name, p in (("p_t", p_t), ("p_c", p_c)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -163,6 +172,9 @@ def denoising_loss(
     drop_y = None
     if y is not None:
         drop_y = torch.rand(batch, generator=generator, device=device) < p_c
+    if share is not None:
+        x0, eps, t, x_t, drop_t = x0[share], eps[share], t[share], x_t[share], drop_t[share]
+        y, drop_y = _rows_of(y, share), _rows_of(drop_y, share)
     out = model(x_t, t, y, drop_t=drop_t if p_t > 0 else None, drop_y=drop_y)
     target = training_target(x0, eps, t, sched, prediction)
     loss = ((out.float() - target) ** 2).mean()
@@ -179,10 +191,12 @@ def noise_level_loss(
     time_distribution: str = "uniform",
     time_mean: float = 0.0,
     time_std: float = 1.0,
+    share: Optional[slice] = None,
 ) -> LossOutput:
     """Gaussian negative log-likelihood of the clipped log-SNR of forward-noised data under a
     noise-level head (`nag_engine.models.NoiseLevelHead`): the head sees x_t alone. Class
-    dropout `p_c` trains the head both with and without labels."""
+    dropout `p_c` trains the head both with and without labels. `share`: as in
+    `denoising_loss`."""
     if not hasattr(head, "target") or not hasattr(head, "schedule_obj"):
         raise TypeError(
             f"the noise_level objective trains a NoiseLevelHead, got {type(head).__name__}; "
@@ -202,6 +216,9 @@ def noise_level_loss(
         drop_y = torch.rand(batch, generator=generator, device=device) < p_c
     else:
         y = None
+    if share is not None:
+        t, x_t, y, drop_y = t[share], x_t[share], _rows_of(y, share), _rows_of(drop_y, share)
+        batch = len(t)
     mu, log_var = head(x_t, y, drop_y=drop_y)
     target = head.target(t.double()).float()
     nll = 0.5 * ((target - mu) ** 2 * torch.exp(-log_var) + log_var)

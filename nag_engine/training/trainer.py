@@ -4,6 +4,13 @@ and exact resume.
 All randomness flows through two generators (one for minibatches, one for times, noise and
 dropout) whose states are saved with the weights, the EMA and the optimizer, so a run that is
 stopped and resumed from its checkpoint ends bit for bit where an uninterrupted run would.
+
+In an initialised process group (`torchrun`, see `nag_engine.distributed`) the Trainer trains
+data-parallel: `config.batch_size` stays the global batch, each rank computes the loss on its
+share of it under DistributedDataParallel (`replicas.py`), and the steps are those of one process
+with the same batch up to the order of floating-point sums. Every rank keeps the same weights,
+EMA, optimizer state and generators; rank 0 alone writes checkpoints and exports and runs
+`eval_fn`, and the others wait for it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..checkpoints import (
     CheckpointError,
     build_model,
@@ -33,13 +41,15 @@ from ..images import remove_stale_temporaries
 from ..schedules import get_schedule
 from .config import NonFiniteLossError, TrainConfig, seeded_init
 from .data import DataSet
-from .losses import denoising_loss, noise_level_loss, training_times
+from .losses import training_times
+from .replicas import StepLoss, check_batch_split, replicate, share_of
 
 Tensor = torch.Tensor
 
 
 class Trainer:
-    """Trains a denoiser on a DataSet; `run()` trains up to `config.steps`."""
+    """Trains a denoiser on a DataSet; `run()` trains up to `config.steps`. In a process group
+    of several ranks, build, run, save and export it on every rank (see the module doc)."""
 
     def __init__(
         self,
@@ -75,6 +85,8 @@ class Trainer:
                 raise ValueError("p_t > 0 needs a model with a null noise embedding")
             model.supports_noise_dropout = True
         check_data_fits(model, data)
+        self.ranks = distributed.current()
+        check_batch_split(config.batch_size, self.ranks.world_size)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = model.to(self.device).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -83,6 +95,10 @@ class Trainer:
         self.out = Path(out) if out is not None else None
         self.eval_fn = eval_fn
         self.finetuned_from = finetuned_from
+        # the step's loss as one module: DistributedDataParallel wraps it under several ranks
+        self.loss_module: nn.Module = StepLoss(self.model)
+        if self.ranks.distributed:
+            self.loss_module = replicate(self.loss_module, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -97,39 +113,18 @@ class Trainer:
         return self.config.lr * min(1.0, (self.step + 1) / warmup) if warmup else self.config.lr
 
     def train_step(self, x0: Tensor, y: Optional[Tensor]) -> dict[str, float]:
-        """One optimizer step on a batch; returns the loss terms."""
+        """One optimizer step on a batch (under several ranks: the global batch, the same on
+        every rank); returns the loss terms (their mean over the ranks)."""
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
+        share = share_of(len(x0), self.ranks)
         autocast = self.device.type == "cuda" and cfg.bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            common = {
-                "generator": self.noise_generator,
-                "p_c": cfg.p_c,
-                "time_distribution": cfg.time_distribution,
-                "time_mean": cfg.time_mean,
-                "time_std": cfg.time_std,
-            }
-            if cfg.objective == "noise_level":
-                out = noise_level_loss(self.model, x0, y, **common)
-            else:
-                out = denoising_loss(self.model, x0, y, p_t=cfg.p_t, **common)
-            loss = out.loss
-            terms = {"loss": out.loss}
-            if cfg.cdl_weight > 0:
-                from .cdl import cdl_loss
-
-                cdl = cdl_loss(
-                    self.model,
-                    x0,
-                    y=y,
-                    generator=self.noise_generator,
-                    num_samples=cfg.cdl_samples,
-                )
-                loss = loss + cfg.cdl_weight * cdl
-                terms["cdl"] = cdl
-        # the step's one host read, before the update, so a non-finite loss changes nothing
-        values = {k: float(v.detach()) for k, v in terms.items()}
+            loss, terms = self.loss_module(x0, y, cfg, self.noise_generator, share)
+        # the step's one host read, before the update, so a non-finite loss changes nothing; under
+        # several ranks the mean over the ranks, so every rank raises or none does
+        values = self._logged_terms(terms)
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
                 f"the training loss became {values} at step {self.step + 1}; nothing of "
@@ -145,6 +140,12 @@ class Trainer:
         self.step += 1
         return values
 
+    def _logged_terms(self, terms: dict[str, Tensor]) -> dict[str, float]:
+        if not self.ranks.distributed:
+            return {k: float(v.detach()) for k, v in terms.items()}
+        local = torch.stack([v.detach().float() for v in terms.values()])
+        return dict(zip(terms, distributed.mean_over_ranks(local).tolist()))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         # a shorter memory early on, so the EMA of a short run is not dominated by the init
@@ -157,15 +158,18 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self, until: Optional[int] = None, progress: bool = True) -> list[dict[str, float]]:
         """Train until step `until` (default: config.steps), checkpointing and evaluating on
-        the way; returns the logged history."""
+        the way; returns the logged history. Under several ranks: `eval_fn` runs on rank 0 and
+        its values reach every rank's history; the progress bar shows on rank 0."""
         cfg = self.config
         until = cfg.steps if until is None else min(until, cfg.steps)
-        if self.out is not None:  # what a killed run left half-written
+        check_batch_split(cfg.batch_size, self.ranks.world_size)
+        if self.out is not None and self.ranks.is_main:  # what a killed run left half-written
             for name in ("checkpoint.safetensors", "model.safetensors"):
                 remove_stale_temporaries(self.out / name)
         batches = self.data.batches(cfg.batch_size, self.data_generator)
         start_time, start_step = time.perf_counter(), self.step
-        with tqdm(total=until, initial=self.step, desc="training", disable=not progress) as bar:
+        show = progress and self.ranks.is_main
+        with tqdm(total=until, initial=self.step, desc="training", disable=not show) as bar:
             while self.step < until:
                 x0, y = next(batches)
                 x0 = x0.to(self.device)
@@ -179,7 +183,7 @@ class Trainer:
                 bar.update(1)
                 self.history.append({"step": self.step, **terms})
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_fn:
-                    self.history[-1].update(self.eval_fn(self))
+                    self.history[-1].update(distributed.on_main(lambda: self.eval_fn(self)))
                 if (
                     self.out is not None
                     and cfg.checkpoint_every
@@ -218,11 +222,15 @@ class Trainer:
         return tensors
 
     def save(self, path: Union[None, str, Path] = None) -> Path:
-        """Write the resumable checkpoint (default: <out>/checkpoint.safetensors)."""
+        """Write the resumable checkpoint (default: <out>/checkpoint.safetensors). Under several
+        ranks: call it on every rank; rank 0 writes, the others wait until the file is there."""
         if path is None:
             if self.out is None:
                 raise ValueError("no output folder: pass out= to the Trainer or a path to save()")
             path = self.out / "checkpoint.safetensors"
+        return distributed.on_main(lambda: self._write_checkpoint(path))
+
+    def _write_checkpoint(self, path: Union[str, Path]) -> Path:
         config = self.checkpoint_config()
         config["optimizer_groups"] = [
             {k: v for k, v in g.items() if k != "params"}
@@ -233,9 +241,12 @@ class Trainer:
         )
 
     def export(self, path: Union[str, Path], dtype: torch.dtype = torch.float32) -> Path:
-        """Write the EMA weights alone (no training state), for sampling and shipping."""
+        """Write the EMA weights alone (no training state), for sampling and shipping. Under
+        several ranks: call it on every rank; rank 0 writes, the others wait for it."""
         config = {**self.checkpoint_config(), "ema_weights": True}
-        return save_checkpoint(path, self.ema, config, weights_dtype=dtype)
+        return distributed.on_main(
+            lambda: save_checkpoint(path, self.ema, config, weights_dtype=dtype)
+        )
 
     @classmethod
     def resume(
@@ -247,12 +258,16 @@ class Trainer:
         eval_fn: Optional[Callable[[Trainer], dict[str, float]]] = None,
         device: Union[None, str, torch.device] = None,
     ) -> Trainer:
-        """Continue a run exactly where its checkpoint left it."""
+        """Continue a run exactly where its checkpoint left it (under several ranks every rank
+        reads the same file and restores the same weights, optimizer, generators and step)."""
         config, tensors = read_checkpoint(path)
         if "optimizer_groups" not in config or "rng.data" not in tensors:
             raise ValueError(f"{path} holds no training state (an exported model?): cannot resume")
         if config.get("dataset") != data.info:
             raise ValueError(f"{path} was trained on {config.get('dataset')}, not on {data.info}")
+        batch_size = (config.get("train") or {}).get("batch_size")
+        if isinstance(batch_size, int):  # this world size, not a damaged file
+            check_batch_split(batch_size, distributed.current().world_size)
         check_finite(tensor_section(tensors, "model."), path, "model.")
         try:
             train_config = TrainConfig.from_dict(config["train"])
@@ -314,6 +329,7 @@ class Trainer:
         model this way: fine-tune with noise-condition dropout on). With
         ``config.objective == "noise_level"`` a denoiser checkpoint becomes the body of a fresh
         `NoiseLevelHead`."""
+        check_batch_split(config.batch_size, distributed.current().world_size)
         # the EMA weights where the file has them; the Trainer makes the model trainable again
         model = load_checkpoint(path)
         if config.objective == "noise_level" and getattr(model, "prediction", None) is not None:
