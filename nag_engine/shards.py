@@ -316,9 +316,8 @@ class _CombinedProgress:
     def wait_for_all(self) -> None:
         """Wait at a barrier for every rank; rank 0 keeps its line up to date meanwhile."""
         waiting = torch.distributed.barrier(async_op=True)
-        while not waiting.is_completed():
-            if self.enabled:
-                self._look()
+        while self.enabled and not waiting.is_completed():
+            self._look()
             time.sleep(0.5)
         waiting.wait()
         self.close()
