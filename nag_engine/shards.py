@@ -18,6 +18,11 @@ plan that changes a sample and the model's configuration and weights digest
 the rest: the sampler draws every sample from its own index, so the result equals one
 uninterrupted run, without duplicates or gaps. A different run into the same folder is refused,
 naming what differs.
+
+In a torch.distributed process group (e.g. under `torchrun`) the ranks share the run: rank 0
+claims the folder and lists the missing shards, rank r of N writes missing shards r, r + N, ...
+The shards equal a single-process run's bit for bit for any N, and a run interrupted under one
+N finishes under another. Rank 0 shows one progress line; an error on any rank ends every rank.
 """
 
 from __future__ import annotations
@@ -197,74 +202,35 @@ def sample_to_disk(
     ranks = distributed.current()
     mine = missing[ranks.rank :: ranks.world_size]
     bar = _CombinedProgress(shards, sizes, missing, ranks, enabled=progress and ranks.is_main)
+
+    def write_mine() -> None:  # each shard drawn from its own sample indices
+        for i in mine:
+            lo, hi = i * shard_size, i * shard_size + sizes[i]
+            parts = sampler.stream(
+                n,
+                y=labels,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress and ranks.is_main,
+                indices=range(lo, hi),
+            )
+            samples = torch.cat([b.samples for b in parts])
+            shard_labels = None if labels is None else labels[lo:hi]
+            _write_shard(shards[i], format, lo, samples, shard_labels, decoder)
+            bar.wrote(i)
+
     if not ranks.distributed:
         with bar:
-            _write_shards(
-                sampler,
-                mine,
-                shards,
-                sizes,
-                n,
-                labels,
-                seed,
-                shard_size,
-                format,
-                batch_size,
-                progress,
-                decoder,
-                bar,
-            )
+            write_mine()
         return shards
     failure: Optional[Exception] = None
     try:
-        _write_shards(
-            sampler,
-            mine,
-            shards,
-            sizes,
-            n,
-            labels,
-            seed,
-            shard_size,
-            format,
-            batch_size,
-            progress and ranks.is_main,
-            decoder,
-            bar,
-        )
+        write_mine()
     except Exception as err:  # kept until every rank is at the end, to hear of it there
         failure = err
     bar.wait_for_all()
     _raise_any_failure(failure, ranks)
     return shards
-
-
-def _write_shards(
-    sampler: Sampler,
-    mine: list[int],
-    shards: list[Path],
-    sizes: list[int],
-    n: int,
-    labels: Optional[torch.Tensor],
-    seed: int,
-    shard_size: int,
-    fmt: str,
-    batch_size: Optional[int],
-    progress: bool,
-    decoder: Any,
-    bar: _CombinedProgress,
-) -> None:
-    """Sample and write the shards numbered in `mine`, each drawn from its own sample indices."""
-    for i in mine:
-        lo, hi = i * shard_size, i * shard_size + sizes[i]
-        parts = sampler.stream(
-            n, y=labels, seed=seed, batch_size=batch_size, progress=progress, indices=range(lo, hi)
-        )
-        samples = torch.cat([b.samples for b in parts])
-        _write_shard(
-            shards[i], fmt, lo, samples, None if labels is None else labels[lo:hi], decoder
-        )
-        bar.wrote(i)
 
 
 class _CombinedProgress:
