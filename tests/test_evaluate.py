@@ -372,6 +372,7 @@ def test_evaluate_and_export_commands_end_to_end(tmp_path, net_file, capsys):
     argv[1] = str(tmp_path / "run.npz")
     assert main([*argv, "--out", str(again), "--no-progress"]) == 0
     metrics = json.loads(again.read_text())["metrics"]  # (in batches of 64: float32 rounding)
+    assert metrics.pop("fid_reference") == record["metrics"].pop("fid_reference") == "images"
     assert metrics == pytest.approx(record["metrics"], rel=1e-6)
 
 
