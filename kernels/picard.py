@@ -10,16 +10,21 @@ For a window of L steps starting at x_s = xs[0], in one pass over memory:
 
 xs [L + 1, B, D] (fp32) is updated in place (rows 1..L); each program owns one block of one
 sample and walks the window in order, keeping the old x_{j+1} in registers before overwriting
-it. The per-sample error sums come back per block and are added up in torch.
+it. The per-sample error sums come back per block and are added up in torch. Every tensor must
+be on xs's device (checked before the launch, which would otherwise fail on the first foreign
+pointer without naming it).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from nag_engine.backends.checks import check_same_device
 
 Tensor = torch.Tensor
 BLOCK = 1024
@@ -82,7 +87,14 @@ def picard_update(
     """Update xs[1:] in place; returns the mean squared change per element [L, B].
 
     out [L, P, B, *shape] (any float dtype), weights [L, P], a / b / c [L] (fp32), xs
-    [L + 1, B, *shape] fp32 contiguous, z [L, B, *shape] or None."""
+    [L + 1, B, *shape] fp32 contiguous, z [L, B, *shape] or None, all on xs's device: CUDA, or
+    the CPU under TRITON_INTERPRET=1. Raises ValueError naming a tensor on another device."""
+    check_same_device(xs, "xs", out=out, weights=weights, a=a, b=b, c=c, z=z)
+    if xs.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"the Triton Picard update needs CUDA tensors (or TRITON_INTERPRET=1 for CPU "
+            f"tensors), got xs on {xs.device}"
+        )
     length, passes, batch = out.shape[:3]
     if xs.dtype != torch.float32 or not xs.is_contiguous() or xs.shape[0] != length + 1:
         raise ValueError("xs must be a contiguous float32 [L + 1, B, ...] window of the trajectory")

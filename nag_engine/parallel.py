@@ -205,7 +205,8 @@ class ParallelSampler:
 
     def _model_outputs(self, xs, begin, end, labels, flags) -> Tensor:
         """The model outputs [L, P, B, ...] at the window points xs [L, B, ...]: all passes of
-        all points in one forward (`flags`: the drop-flag rows of one point)."""
+        all points in one forward (`flags`: the drop-flag rows of one point). Raises ValueError
+        where the model returns its output on another device than xs."""
         plan = self.plan
         length, batch = xs.shape[0], xs.shape[1]
         passes = len(self.passes)
@@ -219,6 +220,11 @@ class ParallelSampler:
         x_in = x_in.to(plan.dtype)
         with plan.autocast():
             out = plan.evaluate(x_in, t_in.reshape(rows), y_in, drop_t, drop_y)
+        if out.device != xs.device:  # the Picard update reads every tensor on the state's device
+            raise ValueError(
+                f"the model returned its output on {out.device} for an input on {xs.device}: "
+                f"a model must return its output on its input's device"
+            )
         return out.view(length, passes, *xs.shape[1:])
 
 

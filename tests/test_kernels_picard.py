@@ -1,11 +1,13 @@
-"""The fused Picard update (Triton; TRITON_INTERPRET=1 on CPU) equals its torch reference, and
-a whole parallel run through it equals one through the reference."""
+"""The fused Picard update (Triton; TRITON_INTERPRET=1 on CPU) equals its torch reference, a
+whole parallel run through it equals one through the reference, and it refuses tensors that are
+not on the state's device (or CPU tensors outside the interpreter) by name."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from nag_engine import backends
 from nag_engine.backends.reference import picard_update_reference
 from nag_engine.models import ring_mixture
 from nag_engine.parallel import ParallelSampler
@@ -68,9 +70,51 @@ def test_bad_input_is_refused():
         picard_update(t["out"], t["weights"][:, :1], t["a"], t["b"], t["c"], t["xs"])
 
 
+@pytest.mark.parametrize("moved", ["out", "weights", "a", "b", "c", "z"])
+def test_every_tensor_must_be_on_the_states_device(moved):
+    """A tensor on another device than xs is refused by name before the launch (on a GPU a CPU
+    tensor otherwise fails inside Triton: "Pointer argument (at 0) cannot be accessed")."""
+    t = window(3, 2, 2, (4,), torch.float32, True)
+    t[moved] = t[moved].to("meta")
+    with pytest.raises(ValueError, match=rf"^{moved} is on meta but xs on {t['xs'].device}"):
+        picard_update(t["out"], t["weights"], t["a"], t["b"], t["c"], t["xs"], t["z"])
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    """Outside TRITON_INTERPRET=1 (a GPU machine) CPU tensors cannot reach the kernel."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    t = {
+        k: None if v is None else v.cpu()
+        for k, v in window(3, 2, 2, (4,), torch.float32, False).items()
+    }
+    with pytest.raises(ValueError, match="needs CUDA tensors.*got xs on cpu"):
+        picard_update(t["out"], t["weights"], t["a"], t["b"], t["c"], t["xs"])
+
+
+def recording_devices(monkeypatch) -> list[dict[str, torch.device]]:
+    """Make every Picard implementation the parallel sampler picks record the device of each
+    tensor argument it is called with; returns the list the calls are appended to."""
+    calls: list[dict[str, torch.device]] = []
+    original = backends.picard_implementation
+
+    def recording(name):
+        update = original(name)
+
+        def record(out, weights, a, b, c, xs, z=None):
+            named = dict(out=out, weights=weights, a=a, b=b, c=c, xs=xs, z=z)
+            calls.append({k: v.device for k, v in named.items() if v is not None})
+            return update(out, weights, a, b, c, xs, z)
+
+        return record
+
+    monkeypatch.setattr(backends, "picard_implementation", recording)
+    return calls
+
+
 @pytest.mark.parametrize("solver", ["euler", "ddpm"])
-def test_a_parallel_run_through_the_kernel_equals_the_reference_run(solver):
-    model = ring_mixture(8, num_classes=4, time_points=64)
+def test_a_parallel_run_through_the_kernel_equals_the_reference_run(solver, monkeypatch):
+    model = ring_mixture(8, num_classes=4, time_points=64).to(DEVICE)
+    calls = recording_devices(monkeypatch)
     runs = []
     for backend in ("triton", "reference"):  # the Picard update follows the step's backend
         runner = ParallelSampler(
@@ -83,8 +127,14 @@ def test_a_parallel_run_through_the_kernel_equals_the_reference_run(solver):
             nag_scale=0.5,
             backend=backend,
         )
-        assert runner.picard_backend == backend
+        assert runner.picard_backend == backend and runner.plan.device.type == DEVICE
         x, stats = runner.run(16, y=torch.arange(16) % 4, seed=2, progress=False)
         runs.append((x, stats.iterations))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
     assert runs[0][1] == runs[1][1]
+    # every tensor reached the Picard update on the state's device (z: ddpm is stochastic)
+    assert len(calls) == runs[0][1] + runs[1][1]
+    arguments = {"out", "weights", "a", "b", "c", "xs"} | ({"z"} if solver == "ddpm" else set())
+    for devices in calls:
+        assert set(devices) == arguments
+        assert set(devices.values()) == {runner.plan.device}

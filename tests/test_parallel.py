@@ -8,8 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import nag_engine as ne
+from nag_engine import backends
 from nag_engine.models import MLPDenoiser, ring_mixture
 from nag_engine.parallel import ParallelSampler, noise_variances
 
@@ -135,3 +137,58 @@ def test_bad_input(mixture):
         ne.sample(mixture, 4, 5, parallel={}, callback=lambda info: None)
     variances = noise_variances(ne.Sampler(mixture, 5).plan)
     assert variances.shape == (5,) and (variances > 0).all()
+
+
+class Anywhere(nn.Module):
+    """A tensor-free denoiser (it runs on any device) whose output lands on `output_device`,
+    or on its input's device when that is None."""
+
+    prediction = "velocity"
+    num_classes = 4
+    supports_noise_dropout = True
+    sample_shape = (3,)
+
+    def __init__(self, output_device=None):
+        super().__init__()
+        self.output_device = output_device
+
+    def forward(self, x, t, y=None, *, drop_t=None, drop_y=None):
+        if self.output_device is None:
+            return -x
+        return torch.zeros(x.shape, dtype=x.dtype, device=self.output_device)
+
+
+class Stop(Exception):
+    """Ends a run at the first Picard update."""
+
+
+def test_every_tensor_reaches_the_picard_update_on_the_states_device(monkeypatch):
+    """With the state on a device other than the default one ("meta": shapes without data),
+    the model outputs, the pass weights, the step coefficients and the noise handed to the
+    Picard update are all on that device: none is made on the default device on the way."""
+    seen = {}
+
+    def first_update(name):
+        def record(out, weights, a, b, c, xs, z=None):
+            named = dict(out=out, weights=weights, a=a, b=b, c=c, xs=xs, z=z)
+            seen.update({k: v.device for k, v in named.items() if v is not None})
+            raise Stop  # meta tensors hold no data to iterate on
+
+        return record
+
+    monkeypatch.setattr(backends, "picard_implementation", first_update)
+    runner = ParallelSampler(
+        Anywhere(), 6, window=3, solver="ddpm", backend="reference", device="meta", **GUIDED
+    )
+    with pytest.raises(Stop):
+        runner.run(4, y=torch.arange(4), seed=0, progress=False)
+    assert set(seen) == {"out", "weights", "a", "b", "c", "xs", "z"}
+    assert set(seen.values()) == {torch.device("meta")}
+
+
+def test_a_model_output_on_another_device_is_refused():
+    """A model that hands back its output on the default device while the state lives on
+    another one fails at the model, by name, not inside the Picard update."""
+    runner = ParallelSampler(Anywhere(output_device="cpu"), 6, window=3, device="meta", **GUIDED)
+    with pytest.raises(ValueError, match="model returned its output on cpu for an input on meta"):
+        runner.run(4, y=torch.arange(4), seed=0, progress=False)

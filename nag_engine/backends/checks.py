@@ -1,7 +1,8 @@
 """Input checks shared by every fused-step kernel (docs/ARCHITECTURE.md §4): the Triton, C++
 and CUDA wrappers call `prepare` so they accept and refuse the same things.
 
-`contract_step` wraps a kernel launch into a function with the contract's signature.
+`contract_step` wraps a kernel launch into a function with the contract's signature; it first
+checks that every tensor is on the state's device (`check_same_device`).
 
 The kernels treat every array as n elements in the state's memory order, so the state x must
 be dense (contiguous or channels-last), the outputs (x_new, g_out, each slot of next_input) must
@@ -55,6 +56,18 @@ def _same_layout(reference: Tensor, other: Tensor, name: str) -> None:
             f"{name} must have the shape and strides of x {tuple(reference.shape)} / "
             f"{reference.stride()}, got {tuple(other.shape)} / {other.stride()}"
         )
+
+
+def check_same_device(x: Tensor, x_name: str, **tensors: Optional[Tensor]) -> None:
+    """Raise ValueError naming the first of `tensors` (None ones skipped) that is not on the
+    device of the state `x` (called `x_name` in the message): a kernel reads every pointer on
+    one device, and a CPU tensor handed to a CUDA launch fails there without saying which."""
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {x_name} on {x.device}: every tensor a kernel "
+                f"reads must be on the state's device"
+            )
 
 
 def prepare(
@@ -132,6 +145,19 @@ def contract_step(
         g_out: Optional[Tensor] = None,
         next_input: Optional[Tensor] = None,
     ) -> Tensor:
+        check_same_device(
+            x,
+            "x",
+            out=out,
+            weights=weights,
+            coef=coef,
+            stage=stage,
+            x_new=x_new,
+            g_prev=g_prev,
+            z=z,
+            g_out=g_out,
+            next_input=next_input,
+        )
         inputs = prepare(
             out,
             weights,
