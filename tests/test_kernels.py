@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -20,12 +22,27 @@ from nag_engine.models import MLPDenoiser
 from nag_engine.models.analytic import ring_mixture
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS = [
-    name
-    for name in ("triton", "cuda", "cpp")
-    if backends.available()[name].startswith("yes")
-    and (name == "triton" or (name == "cuda") == (DEVICE == "cuda"))
-]
+
+
+def kernels_for(device: str) -> list[str]:
+    """The fused-step kernels that run here on `device` tensors (the C++ one on CPU tensors
+    only, the CUDA one on CUDA tensors only)."""
+    return [
+        name
+        for name in ("triton", "cuda", "cpp")
+        if backends.available()[name].startswith("yes")
+        and (name == "triton" or (name == "cuda") == (device == "cuda"))
+    ]
+
+
+def native_binding_skip_reason() -> Optional[str]:
+    """Why the direct test of nag_engine._C's C++ binding cannot run here, or None: it takes
+    CPU tensors, so it runs wherever the extension imports, GPU machine or not."""
+    why = backends.available()["cpp"]
+    return None if why == "yes" else why
+
+
+KERNELS = kernels_for(DEVICE)
 if not KERNELS:
     pytest.skip("no fused-step kernel runs here", allow_module_level=True)
 
@@ -48,8 +65,8 @@ FORMS = {
 }
 
 
-def case(passes, dtype, n, form, slots=2, seed=0, shape=None):
-    """Random inputs of one step, with the reference's results."""
+def case(passes, dtype, n, form, slots=2, seed=0, shape=None, device=DEVICE):
+    """Random inputs of one step on `device`, and the number of next-input slots."""
     g = torch.Generator().manual_seed(seed)
     shape = shape or (n,)
     keep, uses_prev, uses_z, uses_d = FORMS[form]
@@ -68,7 +85,7 @@ def case(passes, dtype, n, form, slots=2, seed=0, shape=None):
     }
     d = torch.randn(stages, 1, generator=g) if uses_d else torch.zeros(stages, 1)
     inputs["coef"] = torch.cat([coef, d], dim=1)  # COEF_COLUMNS: a, b, b2, c, keep, d
-    inputs = {k: v.to(DEVICE) if v is not None else None for k, v in inputs.items()}
+    inputs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
     return inputs, slots
 
 
@@ -115,6 +132,16 @@ def test_kernel_equals_reference(kernel, passes, dtype, form):
 def test_odd_sizes_and_slot_counts(kernel, n, slots):
     inputs, _ = case(3, torch.bfloat16, n, "all", seed=n)
     assert_same(kernel[1], inputs, slots, torch.bfloat16)
+
+
+@pytest.mark.parametrize("moved", ["out", "weights", "coef", "stage", "g_prev", "z"])
+def test_every_tensor_must_be_on_the_states_device(kernel, moved):
+    """A tensor on another device than the state is refused by name before the launch (on a
+    GPU a CPU tensor otherwise fails inside the launch, or inside Triton without a name)."""
+    inputs, slots = case(2, torch.float32, 16, "all")
+    inputs[moved] = inputs[moved].to("meta")
+    with pytest.raises(ValueError, match=rf"^{moved} is on meta but x on {DEVICE}"):
+        run(kernel[1], inputs, slots, torch.float32)
 
 
 def test_keep_false_leaves_the_state_but_writes_the_next_input(kernel):
@@ -324,14 +351,31 @@ def test_native_extension_is_built_where_required():
     assert backends.available()["cpp"] == "yes"
 
 
+def test_the_binding_test_runs_wherever_the_extension_is_built(monkeypatch):
+    """On a GPU machine the C++ kernel is not among the kernels for DEVICE tensors, but its
+    binding test (CPU tensors) must still run there when nag_engine._C imports (issue 17: it
+    skipped saying "not built" next to a built extension); where _C is missing, the skip gives
+    the import's own reason."""
+    from nag_engine.backends import native
+
+    monkeypatch.setattr(sys.modules[__name__], "DEVICE", "cuda")  # as on a GPU machine
+    monkeypatch.setattr(native, "status", lambda: {"cpp": None, "cuda": None})
+    assert "cpp" not in kernels_for("cuda")
+    assert native_binding_skip_reason() is None
+    missing = "nag_engine._C is not built (ImportError: no _C); reinstall with ..."
+    monkeypatch.setattr(native, "status", lambda: {"cpp": missing, "cuda": missing})
+    assert native_binding_skip_reason() == missing
+
+
 def test_native_binding_checks_its_arguments():
     """A direct call of nag_engine._C (without the Python wrapper's checks) cannot read past an
     array."""
-    if "cpp" not in KERNELS:
-        pytest.skip("nag_engine._C is not built")
+    reason = native_binding_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
     from nag_engine import _C
 
-    inputs, _ = case(2, torch.float32, 16, "euler")
+    inputs, _ = case(2, torch.float32, 16, "euler", device="cpu")  # the C++ binding's tensors
     args = [inputs[k] for k in ("out", "weights", "coef", "stage", "x")]
     with pytest.raises(RuntimeError, match="shape and strides"):
         _C.fused_step_cpu(*args, torch.empty(8), None, None, None, None)
