@@ -1,19 +1,31 @@
 """CPU smoke version of `python -m benchmarks.sampling` under pytest-benchmark: a tiny DiT,
-batch 4, 4 Euler steps of CFG + NAG through (a) the eager fp32 loop, (b) the diffusers-style
-bf16 loop and (d) nag_engine; the ratio table against (a) is printed at the end. The GPU
-configuration and (c) (torch.compile) are the script's job."""
+batch 4, 4 Euler steps of CFG + NAG through (a) the plain DiT's eager fp32 loop, (p1) the plain
+DiT's eager bf16 loop (three passes as one batch) and (n1) nag_engine; the ratio table against
+(p1), the one peer cheap on a CPU, is printed at the end. The torch.compile peers and the GPU
+configuration are the script's job."""
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
 
 import nag_engine as ne
-from benchmarks.sampling import CFG, NAG, loop_batched, loop_eager, make_model
+from benchmarks.plain_dit import plain_dit_from
+from benchmarks.sampling import (
+    CFG,
+    NAG,
+    loop_peer,
+    loop_reference,
+    make_model,
+    peer_inputs,
+    peer_step,
+)
 
 STEPS, BATCH = 4, 4
+PEER = "(p1) plain DiT eager bf16"
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +36,19 @@ def setup():
     latents = torch.randn(BATCH, *model32.sample_shape, generator=gen)
     y = torch.randint(0, 1000, (BATCH,), generator=gen)
     sampler = ne.Sampler(model16, STEPS, cfg_scale=CFG, nag_scale=NAG, solver="euler", dtype="bf16")
-    return model32, model16, latents, y, sampler
+    inputs = peer_inputs(sampler.grid, y, 1000)
+    return plain_dit_from(model32), plain_dit_from(model16), latents, y, sampler, inputs
 
 
-@pytest.mark.parametrize("variant", ["(a) eager fp32", "(b) diffusers bf16", "(d) nag_engine"])
+@pytest.mark.parametrize("variant", ["(a) plain DiT eager fp32", PEER, "(n1) nag_engine"])
 def test_sampling_loop(benchmark, record, setup, variant):
-    model32, model16, latents, y, sampler = setup
-    grid = sampler.grid.float()
+    plain32, plain16, latents, y, sampler, inputs = setup
     runs = {
-        "(a) eager fp32": lambda: loop_eager(model32, latents, y, grid),
-        "(b) diffusers bf16": lambda: loop_batched(model16, latents, y, grid),
-        "(d) nag_engine": lambda: sampler.sample(BATCH, y=y, latents=latents, progress=False),
+        "(a) plain DiT eager fp32": lambda: loop_reference(plain32, latents, inputs),
+        PEER: lambda: loop_peer(partial(peer_step, plain16), latents, inputs),
+        "(n1) nag_engine": lambda: sampler.sample(BATCH, y=y, latents=latents, progress=False),
     }
     benchmark.group = "sampling tiny DiT"
     with torch.no_grad():
         benchmark(runs[variant])
-    record(f"tiny DiT, batch {BATCH}, {STEPS} steps", variant, benchmark, "(a) eager fp32")
+    record(f"tiny DiT, batch {BATCH}, {STEPS} steps", variant, benchmark, PEER)

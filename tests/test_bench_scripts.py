@@ -61,41 +61,80 @@ def test_sampling_benchmark_runs_its_tiny_configuration(tmp_path, capsys):
     from benchmarks import sampling
 
     out = tmp_path / "sampling.json"
-    assert sampling.main(["--tiny", "--variants", "a,b,d", "--reps", "1", "--out", str(out)]) == 0
+    args = ["--tiny", "--device", "cpu", "--variants", "a,p1,p3,p4,n1,n3", "--reps", "1"]
+    assert sampling.main([*args, "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["a"]["speedup_vs_a"] == 1.0 and row["a"]["max_abs_diff_vs_a"] == 0.0
-    # the same latents, labels and guidance: (d) in bf16 stays near the fp32 loop
-    assert 0 < row["d"]["max_abs_diff_vs_a"] < 0.05
-    assert row["d"]["backend"] == backends.select("cpu")
-    assert "eager: cpu tensors" in row["d"]["graphs"]
+    assert row["diff_reference"] == "a" and row["a"]["max_abs_diff"] == 0.0
+    # the same weights, latents, labels and guidance: the bf16 loops stay near the fp32 loop
+    for key in ("p1", "n1"):
+        assert 0 < row[key]["max_abs_diff"] < 0.05 and row[key]["passes"] == 3
+    # on the CPU the CUDA-only variants are skipped with their reason, and p1 is the best peer
+    assert "CUDA" in row["p3"]["skipped"] and "CUDA graphs" in row["p4"]["skipped"]
+    assert "CUDA only" in row["n3"]["skipped"]
+    assert row["best_peer"] == "p1" and row["p1"]["vs_best_peer"] == 1.0
+    ratio = row["p1"]["ms_per_step"] / row["n1"]["ms_per_step"]
+    assert row["n1"]["vs_best_peer"] == pytest.approx(ratio)
+    assert row["n1"]["backend"] == backends.select("cpu")
+    assert "eager: cpu tensors" in row["n1"]["graphs"]
     table = capsys.readouterr().out
-    assert "| tiny DiT | 4 | (d) nag_engine |" in table
+    assert "| tiny DiT | 4 | (n1) nag_engine | 3 |" in table and "| vs best peer |" in table
+    assert "best peer (p1)" in table and "nag_engine best (n1)" in table
+    assert "| skipped: needs CUDA" in table
     with pytest.raises(SystemExit):
         sampling.main(["--models", "DiT-Q/9"])
+    with pytest.raises(SystemExit):
+        sampling.main(["--tiny", "--variants", "b"])  # the old loop names are gone
 
 
-def test_the_baseline_loops_compute_what_nag_engine_computes():
-    """(a) and (b) must be the same guided Euler sampler as (d): checked in fp32, where they
-    can agree tightly (a guidance-convention slip would show here)."""
+def test_the_sampling_summary_reports_the_issue_targets():
+    from benchmarks import sampling
+
+    row = {"model": "DiT-S/2", "batch": 64, "best_peer": "p2", "p2": {"ms_per_step": 7.5}}
+    row["n1"] = {"vs_best_peer": 0.93}
+    row["n2"] = {"vs_best_peer": 1.31}
+    text = sampling.summary(row)
+    assert "best peer (p2) 7.50 ms/step" in text and "nag_engine best (n2) 1.31×" in text
+    assert "target ≥ 1.3×: met" in text
+    row["n2"]["vs_best_peer"] = 1.01
+    assert "target ≥ 1.3×: not met" in sampling.summary(row)
+    assert sampling.summary({"model": "tiny DiT", "batch": 4}) == "no peer loop timed"
+
+
+def test_the_peer_loops_compute_what_nag_engine_computes():
+    """The plain DiT's loops -- (a) three forwards, and the peers' one 3B-batch step -- must be
+    the same guided Euler sampler as nag_engine on the project DiT: checked in fp32, where they
+    agree tightly (a guidance-convention or weight-mapping slip would show here)."""
+    import copy
+    from functools import partial
+
     import nag_engine as ne
     from benchmarks import sampling
+    from benchmarks.plain_dit import plain_dit_from
 
     model = sampling.make_model("tiny", True, torch.device("cpu"))
     with torch.no_grad():  # make the three passes differ clearly
         model.y_embedder.embedding_table.weight.mul_(50)
         model.t_embedder.null_embedding.mul_(50)
+    plain = plain_dit_from(model)
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(3, *model.sample_shape, generator=gen)
     y = torch.tensor([1, 7, 999])
     sampler = ne.Sampler(model, 5, cfg_scale=sampling.CFG, nag_scale=sampling.NAG, solver="euler")
+    inputs = sampling.peer_inputs(sampler.grid, y, 1000)
+    plain16 = plain_dit_from(copy.deepcopy(model).to(torch.bfloat16))
     with torch.no_grad():
         expected = sampler.sample(3, y=y, latents=latents, progress=False)
-        eager = sampling.loop_eager(model, latents, y, sampler.grid.float())
-        batched = sampling.loop_batched(model, latents, y, sampler.grid.float())  # bf16 latents
-        plain = ne.Sampler(model, 5, solver="euler").sample(3, y=y, latents=latents, progress=False)
-    assert (expected - plain).abs().max() > 0.05  # guidance matters for this model
-    torch.testing.assert_close(eager, expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(batched, expected, rtol=0.05, atol=0.05)
+        reference = sampling.loop_reference(plain, latents, inputs)
+        peer = sampling.loop_peer(partial(sampling.peer_step, plain), latents, inputs)
+        peer16 = sampling.loop_peer(partial(sampling.peer_step, plain16), latents, inputs)
+        unguided = ne.Sampler(model, 5, solver="euler").sample(
+            3, y=y, latents=latents, progress=False
+        )
+    assert (expected - unguided).abs().max() > 0.05  # guidance matters for this model
+    torch.testing.assert_close(reference, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(peer, expected, rtol=1e-4, atol=1e-4)
+    assert peer16.dtype == torch.float32  # the state stays fp32, the passes run in bf16
+    torch.testing.assert_close(peer16, expected, rtol=0.05, atol=0.05)
 
 
 def test_the_nag_finetune_study_writes_its_section(tmp_path):
