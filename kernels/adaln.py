@@ -9,6 +9,11 @@ gated residual.
 References: ``nag_engine.models.dit.modulate(F.layer_norm(x, (D,), eps=eps), shift, scale)`` and
 ``nag_engine.models.dit.gated_residual``. Tokens are made contiguous; per-sample tensors may be
 row-strided views (the chunks of the adaLN projection); outputs have x's dtype.
+
+Under ``torch.compile`` both are the torch operators ``torch.ops.nag_engine.layernorm_modulate``
+and ``torch.ops.nag_engine.gated_residual`` (`kernels.ops`: a triton_op on a GPU, a custom_op
+under the interpreter, each with a fake implementation), so a compiled DiT forward has no graph
+break; eagerly they launch directly. Inference only: no autograd formula.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from . import ops
+from .ops import wrap_triton
 
 Tensor = torch.Tensor
 
@@ -79,13 +87,13 @@ def _rows(t: Tensor) -> Tensor:
     return t if t.stride(1) == 1 else t.contiguous()
 
 
-def layernorm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
-    """LayerNorm(x) (no affine weights) * (1 + scale) + shift, per sample; x [B, N, D]."""
-    batch, tokens, dim = _check(x, {"shift": shift, "scale": scale})
+def _layernorm_modulate_body(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
+    """The operator nag_engine::layernorm_modulate (shapes checked by `layernorm_modulate`)."""
+    batch, tokens, dim = x.shape
     x, shift, scale = x.contiguous(), _rows(shift), _rows(scale)
     y = torch.empty_like(x)
     if x.numel():
-        _layernorm_modulate_kernel[(batch * tokens,)](
+        wrap_triton(_layernorm_modulate_kernel)[(batch * tokens,)](
             x,
             shift,
             scale,
@@ -100,15 +108,55 @@ def layernorm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-
     return y
 
 
-def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
-    """x + gate * y with a per-sample gate [B, D]; x, y [B, N, D]."""
-    batch, tokens, dim = _check(x, {"gate": gate})
-    if y.shape != x.shape:
-        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+def _gated_residual_body(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """The operator nag_engine::gated_residual (shapes checked by `gated_residual`)."""
+    batch, tokens, dim = x.shape
     x, gate, y = x.contiguous(), _rows(gate), y.contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        _gated_residual_kernel[(batch * tokens,)](
+        wrap_triton(_gated_residual_kernel)[(batch * tokens,)](
             x, gate, y, out, tokens, dim, gate.stride(0), BLOCK_D=triton.next_power_of_2(dim)
         )
     return out
+
+
+def _layernorm_modulate_fake(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
+    """What the operator returns, without running it: a contiguous tensor like x."""
+    return x.new_empty(x.shape)
+
+
+def _gated_residual_fake(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """What the operator returns, without running it: a contiguous tensor like x."""
+    return x.new_empty(x.shape)
+
+
+_layernorm_modulate_op = ops.register(
+    "layernorm_modulate",
+    _layernorm_modulate_body,
+    fake=_layernorm_modulate_fake,
+    mutates_args=(),
+    kernels=(_layernorm_modulate_kernel,),
+)
+_gated_residual_op = ops.register(
+    "gated_residual",
+    _gated_residual_body,
+    fake=_gated_residual_fake,
+    mutates_args=(),
+    kernels=(_gated_residual_kernel,),
+)
+
+
+def layernorm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
+    """LayerNorm(x) (no affine weights) * (1 + scale) + shift, per sample; x [B, N, D]. The
+    operator ``torch.ops.nag_engine.layernorm_modulate`` under torch.compile; contiguous."""
+    _check(x, {"shift": shift, "scale": scale})
+    return _layernorm_modulate_op(x, shift, scale, float(eps))
+
+
+def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """x + gate * y with a per-sample gate [B, D]; x, y [B, N, D]. The operator
+    ``torch.ops.nag_engine.gated_residual`` under torch.compile; the result is contiguous."""
+    _check(x, {"gate": gate})
+    if y.shape != x.shape:
+        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    return _gated_residual_op(x, gate, y)

@@ -14,17 +14,26 @@ The coefficients ``a, b, b2, c, keep, d`` and the pass weights are read from dev
 CUDA graph stays valid. Tensors are processed as flat element arrays in their memory order, so
 contiguous and channels-last layouts both work as long as all of them share the same strides.
 
+Under ``torch.compile`` the launch is the torch operator ``torch.ops.nag_engine.fused_step``
+(`kernels.ops`: a triton_op on a GPU, a custom_op under the interpreter; it writes only x_new,
+g_out and next_input), so a compiled step has no graph break; eagerly it launches directly.
+
 Reference: `nag_engine.backends.reference.reference_step`. On CPU tensors the kernel runs under
 ``TRITON_INTERPRET=1`` (that is how the tests check it without a GPU).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from nag_engine.backends.checks import StepInputs, contract_step
+
+from . import ops
+from .ops import wrap_triton
 
 Tensor = torch.Tensor
 
@@ -81,33 +90,86 @@ def _fused_step_kernel(
     tl.store(xnew_ptr + offs, tl.where(keep != 0.0, x_out, x), mask=mask)
 
 
-def _launch(a: StepInputs, weights: Tensor, coef: Tensor, stage: Tensor, x: Tensor) -> None:
-    """One launch of the kernel on checked inputs (see `contract_step`)."""
+def _fused_step_body(
+    out: Tensor,
+    weights: Tensor,
+    coef: Tensor,
+    stage: Tensor,
+    x: Tensor,
+    x_new: Tensor,
+    g_prev: Optional[Tensor],
+    z: Optional[Tensor],
+    g_out: Optional[Tensor],
+    next_input: Optional[Tensor],
+) -> None:
+    """The operator nag_engine::fused_step on checked inputs (see `contract_step`): writes
+    x_new, g_out and next_input (which may alias x and g_prev: each element is read before it
+    is written)."""
     n = x.numel()
     if n == 0:
         return
-    slots = 0 if a.next_input is None else a.next_input.shape[0]
-    dummy = x  # for the pointers of absent inputs (never read)
-    _fused_step_kernel[(triton.cdiv(n, BLOCK),)](
-        a.out,
+    slots = 0 if next_input is None else next_input.shape[0]
+    dummy = x  # for the pointers of absent inputs (never read or written)
+    wrap_triton(_fused_step_kernel)[(triton.cdiv(n, BLOCK),)](
+        out,
         weights,
         coef,
         stage,
         x,
-        a.g_prev if a.g_prev is not None else dummy,
-        a.z if a.z is not None else dummy,
-        a.x_new,
-        a.g_out if a.g_out is not None else dummy,
-        a.next_input if slots else dummy,
+        g_prev if g_prev is not None else dummy,
+        z if z is not None else dummy,
+        x_new,
+        g_out if g_out is not None else dummy,
+        next_input if slots else dummy,
         n,
         weights.stride(0),
         coef.stride(0),
-        P=a.passes,
+        P=out.shape[0],
         PN=slots,
-        HAS_GPREV=a.g_prev is not None,
-        HAS_Z=a.z is not None,
-        WRITE_G=a.g_out is not None,
+        HAS_GPREV=g_prev is not None,
+        HAS_Z=z is not None,
+        WRITE_G=g_out is not None,
         BLOCK=BLOCK,
+    )
+
+
+def _fused_step_fake(
+    out: Tensor,
+    weights: Tensor,
+    coef: Tensor,
+    stage: Tensor,
+    x: Tensor,
+    x_new: Tensor,
+    g_prev: Optional[Tensor],
+    z: Optional[Tensor],
+    g_out: Optional[Tensor],
+    next_input: Optional[Tensor],
+) -> None:
+    """The operator returns nothing; it only writes its mutable arguments."""
+
+
+_fused_step_op = ops.register(
+    "fused_step",
+    _fused_step_body,
+    fake=_fused_step_fake,
+    mutates_args=("x_new", "g_out", "next_input"),
+    kernels=(_fused_step_kernel,),
+)
+
+
+def _launch(a: StepInputs, weights: Tensor, coef: Tensor, stage: Tensor, x: Tensor) -> None:
+    """One launch on checked inputs (the operator ``nag_engine::fused_step`` under compile)."""
+    _fused_step_op(
+        out=a.out,
+        weights=weights,
+        coef=coef,
+        stage=stage,
+        x=x,
+        x_new=a.x_new,
+        g_prev=a.g_prev,
+        z=a.z,
+        g_out=a.g_out,
+        next_input=a.next_input,
     )
 
 
