@@ -3,8 +3,9 @@
 # "bash benchmarks/gpu_checks.sh PART" with carry [".whl"], where .whl/ holds wheels of the
 # pure-Python dependencies for a machine without network). PART is all (default), or one of
 # tests, kernels, sampling-S, sampling-B, sampling-XL (one DiT size each), sampling (all
-# three), finetune (DiT-XL/2 NAG fine-tune steps/s) or shards (the sharded writer against
-# Sampler.sample at DiT-XL/2), so that each fits a 10-minute call;
+# three), finetune (DiT-XL/2 NAG fine-tune steps/s), shards (the sharded writer against
+# Sampler.sample at DiT-XL/2) or fp8 (dtype="fp8" against bf16: error, DiT-XL/2 speed), so that
+# each fits a 10-minute call;
 # every part installs the project first, with `python3 -m pip` (the image's bare `pip` may belong
 # to another Python than the python3 that holds torch), unless nag_engine._C with CUDA already
 # imports; then, where torch sees a GPU, it stops with exit status 1 unless nag_engine._C
@@ -14,17 +15,18 @@
 #   install.log       building nag_engine._C with its CUDA part
 #   tests.txt         the kernel, graph, attention and sampler tests on CUDA tensors
 #   fused_step_gpu.*  the fused step (triton, cuda) vs a copy, LayerNorm+adaLN, Picard update
-#   sampling*.*       the sampling loops (a)-(d) on DiT-S/B/XL (sampling-S.* for one size)
+#   sampling*.*       the peers (p1-p4) and nag_engine (n1-n3) on DiT-S/B/XL (sampling-S.* for one)
 #   nag_finetune_gpu.json  DiT-XL/2 fine-tune steps/s at batch 32, bf16, p_t 0.2 vs 0
 #   shards_gpu.*      sample_to_disk against Sampler.sample, DiT-XL/2 batch 256 (writer overhead)
+#   fp8_gpu.*         fp8 against bf16: sample error (digits, DiT-S/2), DiT-XL/2 b256 ms/step
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PART=${1:-all}
 case "$PART" in
-  all|tests|kernels|sampling|finetune|shards) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
+  all|tests|kernels|sampling|finetune|shards|fp8) models="DiT-S/2,DiT-B/2,DiT-XL/2"; name=sampling ;;
   sampling-S|sampling-B|sampling-XL) models="DiT-${PART#sampling-}/2"; name=$PART ;;
-  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL|finetune|shards"
+  *) echo "unknown part $PART: all|tests|kernels|sampling|sampling-S|sampling-B|sampling-XL|finetune|shards|fp8"
      exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -82,7 +84,7 @@ fi
 if [ "$PART" = all ] || [ "$PART" = tests ]; then
 timeout 540 python3 -m pytest -q -x tests/test_kernels.py tests/test_kernels_adaln.py \
   tests/test_graphs.py tests/test_attention.py tests/test_sampler.py tests/test_precision.py \
-  tests/test_parallel.py tests/test_kernels_picard.py \
+  tests/test_parallel.py tests/test_kernels_picard.py tests/test_compile.py tests/test_fp8.py \
   2>&1 | tail -40 > "$OUT/tests.txt"
 tail -3 "$OUT/tests.txt"
 fi
@@ -106,4 +108,9 @@ timeout 540 python3 -m benchmarks.distributed_sampling --model DiT-XL/2 --device
   --num-samples 1024 --steps 25 --batch-size 256 --shard-size 256 --repeats 2 --ranks 0 \
   --out "$OUT/shards_gpu.json" > "$OUT/shards_gpu.md" 2>&1
 tail -8 "$OUT/shards_gpu.md"
+fi
+if [ "$PART" = all ] || [ "$PART" = fp8 ]; then
+timeout 540 python3 -m benchmarks.fp8 --speed --device cuda --out "$OUT/fp8_gpu.json" \
+  > "$OUT/fp8_gpu.md" 2>&1
+tail -12 "$OUT/fp8_gpu.md"
 fi

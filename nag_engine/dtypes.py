@@ -13,13 +13,16 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+FP8 = "fp8"  # sampling only: bf16 with float8 matmuls in the transformer blocks (nag_engine.fp8)
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """torch dtype of "fp32" / "bf16" / "fp16" (or "float32" / "bfloat16" / "float16")."""
     key = ALIASES.get(name, name)
     if key not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}: choose one of {tuple(DTYPES)}")
+        raise ValueError(
+            f"unknown dtype {name!r}: choose one of {tuple(DTYPES)} (or 'fp8' for sampling)"
+        )
     return DTYPES[key]
 
 

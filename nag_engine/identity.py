@@ -110,7 +110,7 @@ def plan_identity(plan: SamplingPlan) -> dict[str, Any]:
             "nag_interval": guidance.nag_interval,
             **_corrections(plan),
             "sample_shape": plan.sample_shape,
-            "dtype": str(plan.dtype).replace("torch.", ""),
+            "dtype": "fp8" if plan.fp8 else str(plan.dtype).replace("torch.", ""),
             "backend": plan.backend,
             "compiled": plan.compiled,
             "tables_sha256": tensor_digest(tables),

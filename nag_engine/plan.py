@@ -28,7 +28,8 @@ from .arguments import (
 )
 from .classifier_nag import ClassifierNAG
 from .corrections import EpsilonScaledModel, TimeShift, check_eps_scaling, check_time_shift
-from .dtypes import resolve_dtype
+from .dtypes import FP8, resolve_dtype
+from .fp8 import check_fp8_device, to_fp8
 from .grids import sampling_grid
 from .guidance import Guidance, GuidancePlan, Pass, warn_empty_intervals
 from .predictions import check_prediction
@@ -104,6 +105,7 @@ class SamplingPlan:
     sample_shape: Optional[tuple[int, ...]]  # None: the model's
     device: torch.device
     dtype: torch.dtype  # the model's compute dtype (state, times, coefficients stay float32)
+    fp8: bool  # dtype="fp8": the forward runs a copy with float8 Linear layers (nag_engine.fp8)
     backend: str  # the fused-step implementation (nag_engine.backends)
     tables: StepTables
     eps_scaling: Optional[tuple[float, float]]  # (k, b) of the epsilon scaling, or None
@@ -268,8 +270,12 @@ def make_plan(
             f"device={device} but the model's weights are on {model_device(model)}; move "
             f"the model first (model.to({str(device)!r})) or leave device=None"
         )
+    fp8 = isinstance(dtype, str) and dtype.lower() == FP8
+    if fp8:
+        check_fp8_device(device)
+    runner = to_fp8(model) if fp8 else model  # (bf16 with float8 matmuls in its blocks)
     scaling = check_eps_scaling(eps_scaling)
-    forward = EpsilonScaledModel(model, schedule, *scaling) if scaling else model
+    forward = EpsilonScaledModel(runner, schedule, *scaling) if scaling else runner
     if compile is not False:  # torch.compile'd forward (inside a captured graph too)
         if not isinstance(compile, (bool, dict)):
             raise TypeError(
@@ -331,7 +337,8 @@ def make_plan(
         num_classes=num_classes,
         sample_shape=sample_shape,
         device=device,
-        dtype=resolve_dtype(dtype, model),
+        dtype=torch.bfloat16 if fp8 else resolve_dtype(dtype, model),
+        fp8=fp8,
         backend=backends.select(device, backend),
         tables=tables,
         eps_scaling=tuple(scaling) if scaling else None,

@@ -156,6 +156,7 @@ def test_no_module_reaches_into_private_members_of_other_objects():
                 and not node.attr.startswith(("__", "_nag_engine"))
                 and node.attr != "_C"
                 and node.attr != "_SubParsersAction"  # add_subparsers()'s type: not exported
+                and node.attr != "_scaled_mm"  # torch's float8 matmul has no public name yet
             ):
                 offenders.append(f"{name}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not offenders, "\n".join(offenders)

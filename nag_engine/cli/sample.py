@@ -99,7 +99,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="class of every sample (default: classes in turn)",
     )
-    sample.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    sample.add_argument(
+        "--dtype",
+        default=None,
+        choices=("fp32", "bf16", "fp16", "fp8"),
+        help="the model's compute dtype; fp8: bf16 with the transformer blocks' matmuls in "
+        "float8 (Hopper / Ada GPUs)",
+    )
     sample.add_argument("--seed", type=whole_number, default=0)
     sample.add_argument("--batch-size", type=whole_number, default=None)
     sample.add_argument("--out", type=Path, default=Path("out/samples.npz"), help="NPZ to write")
