@@ -104,12 +104,6 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    """Wait until every rank reaches this point (a no-op in a single process)."""
-    if is_initialized():
-        dist.barrier()
-
-
 def broadcast(value: T, src: int = 0) -> T:
     """`value` as rank `src` holds it, on every rank (any picklable object)."""
     if not is_initialized():

@@ -35,10 +35,13 @@ def readme_torchrun_command() -> str:
     return command
 
 
-def torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `torchrun ARGS` in a child process with one thread per rank (2 cores here)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+def torchrun(
+    args: list[str], cwd: Path, timeout: int = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """Run `torchrun ARGS` in a child process with one thread per rank (2 cores here) and the
+    extra environment `env`, outside any torchrun of this process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    for name in distributed.TORCHRUN_VARIABLES:
         env.pop(name, None)
     return subprocess.run(
         TORCHRUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -177,17 +180,8 @@ def script(tmp_path_factory) -> Path:
 
 
 def launch(script: Path, ranks: int, folder: Path, **env: str) -> subprocess.CompletedProcess:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return torchrun(["--standalone", f"--nproc_per_node={ranks}", str(script), str(folder)],
-                        cwd=folder.parent)  # fmt: skip
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return torchrun(["--standalone", f"--nproc_per_node={ranks}", str(script), str(folder)],
+                    cwd=folder.parent, **env)  # fmt: skip
 
 
 def test_a_rank_killed_mid_run_is_finished_by_three_ranks_to_the_same_samples(tmp_path, script):
