@@ -3,13 +3,14 @@ captions drawn on them, 2-D density pictures, and the atomic file writes the pac
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
@@ -27,20 +28,29 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place (on any error the
-    temporary file is removed and `path` is left as it was)."""
+@contextlib.contextmanager
+def atomic_file(path: Union[str, Path]) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: a temporary file beside it, renamed into place
+    when the block ends without error; on any error it is removed and `path` is left as it was
+    (so a large file can be streamed and still appear whole or not at all)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it into place (on any error the
+    temporary file is removed and `path` is left as it was)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def remove_stale_temporaries(path: Union[str, Path]) -> None:

@@ -4,15 +4,13 @@ uint8 [N, H, W, 3] (grey images with their channel repeated: the suite reads RGB
 ``arr_1`` int64 [N], the class labels, when every image has one.
 
 The file is written as ``np.savez`` writes it (uncompressed .npy members in a zip archive), but
-streamed one batch at a time into a temporary file beside the output, renamed into place once
-complete: the output appears whole or not at all (as `nag_engine.images.atomic_write_npz`
-writes), and memory holds one batch, not the 9.8 GB of 50,000 images of 256 x 256.
+streamed one batch at a time through `nag_engine.images.atomic_file` (a temporary file beside
+the output, renamed into place once complete: the output appears whole or not at all), and
+memory holds one batch, not the 9.8 GB of 50,000 images of 256 x 256.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Union
@@ -20,7 +18,7 @@ from typing import Any, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..images import remove_stale_temporaries
+from ..images import atomic_file, remove_stale_temporaries
 from .inputs import NO_LABEL, ImageSet
 
 
@@ -40,38 +38,24 @@ def export_adm(
     if not images.has_images:
         raise ValueError(f"{images.path} holds only mu/sigma, no images to export")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by a run killed while writing
     shape = (images.count, images.height, images.width, 3)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     labels = []
-    try:
-        with os.fdopen(fd, "wb") as file, zipfile.ZipFile(file, "w") as archive:
-            with archive.open("arr_0.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_1_0(member, _npy_header(shape, np.uint8))
-                with tqdm(
-                    total=images.count, desc="export", unit="img", disable=not progress
-                ) as bar:
-                    for batch, batch_labels in images.batches(batch_size):
-                        member.write(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
-                        labels.append(batch_labels)
-                        bar.update(len(batch))
-            label_array = np.concatenate(labels).astype(np.int64)
-            if len(label_array) != images.count:
-                raise ValueError(
-                    f"{images.path} gave {len(label_array)} images, not {images.count}"
-                )
-            labelled = bool((label_array != NO_LABEL).all())
-            if labelled:
-                with archive.open("arr_1.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, label_array, allow_pickle=False)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as file, zipfile.ZipFile(file, "w") as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, _npy_header(shape, np.uint8))
+            with tqdm(total=images.count, desc="export", unit="img", disable=not progress) as bar:
+                for batch, batch_labels in images.batches(batch_size):
+                    member.write(np.ascontiguousarray(batch, dtype=np.uint8).tobytes())
+                    labels.append(batch_labels)
+                    bar.update(len(batch))
+        label_array = np.concatenate(labels).astype(np.int64)
+        if len(label_array) != images.count:
+            raise ValueError(f"{images.path} gave {len(label_array)} images, not {images.count}")
+        labelled = bool((label_array != NO_LABEL).all())
+        if labelled:
+            with archive.open("arr_1.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, label_array, allow_pickle=False)
     return {
         "images": images.count,
         "height": images.height,
