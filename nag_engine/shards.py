@@ -83,8 +83,15 @@ def check_out_dir(out_dir: Union[str, Path], name: str = "out_dir") -> Path:
     return out_dir
 
 
-def _shard_path(out_dir: Path, index: int, fmt: str) -> Path:
-    return out_dir / (f"shard_{index:05d}.npz" if fmt == "npz" else f"shard_{index:05d}")
+def shard_layout(
+    out_dir: Union[str, Path], n: int, shard_size: int, fmt: str
+) -> tuple[list[Path], list[int]]:
+    """The shards of a run of n samples in shards of `shard_size` in format `fmt`: their paths
+    under `out_dir` (``shard_00000.npz`` or the folder ``shard_00000``) and their sizes."""
+    count = -(-n // shard_size)
+    suffix = ".npz" if fmt == "npz" else ""
+    paths = [Path(out_dir) / f"shard_{i:05d}{suffix}" for i in range(count)]
+    return paths, [min(shard_size, n - i * shard_size) for i in range(count)]
 
 
 def _to_uint8_images(samples: torch.Tensor) -> np.ndarray:
@@ -187,8 +194,7 @@ def sample_to_disk(
         decoder.check_latents(shape)
     out_dir = check_out_dir(out_dir)  # made only once the arguments are known to be good
     identity = _run_identity(sampler, n, seed, shard_size, format, labels, decoder)
-    shards = [_shard_path(out_dir, i, format) for i in range(-(-n // shard_size))]
-    sizes = [min(shard_size, n - i * shard_size) for i in range(len(shards))]
+    shards, sizes = shard_layout(out_dir, n, shard_size, format)
 
     def claim() -> list[int]:
         out_dir.mkdir(parents=True, exist_ok=True)

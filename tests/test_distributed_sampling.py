@@ -110,9 +110,10 @@ def test_the_readme_command_runs_on_two_ranks_and_equals_one_process(tmp_path):
         command = command.replace(old, new)
     args = shlex.split(command)[1:] + ["--shard-size", "5", "--device", "cpu"]
     run = torchrun(args, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "24 samples" in run.stdout and "on 2 ranks" in run.stdout
-    assert run.stdout.count("nag_engine") == 1  # rank 0 alone reports
+    printed = f"stdout:\n{run.stdout[-2000:]}\nstderr:\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, printed
+    assert "24 samples" in run.stdout and "on 2 ranks" in run.stdout, printed
+    assert run.stdout.count("nag_engine") == 1, printed  # rank 0 alone reports
     sample_args = args[args.index("nag_engine.cli") + 1 :]
     alone = [*sample_args, "--no-progress"]
     alone[alone.index("runs/dit-nag-50k")] = "alone"

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..images import read_manifest, to_uint8
-from ..shards import MANIFEST
+from ..shards import MANIFEST, shard_layout
 from ..vae import ImageSource
 
 NO_LABEL = -1  # the label of an image that has none (as sample_to_disk writes it)
@@ -244,16 +244,13 @@ def _open_run(path: Path) -> ImageSet:
     n, shard_size, fmt = manifest.get("n"), manifest.get("shard_size"), manifest.get("format")
     if not isinstance(n, int) or not isinstance(shard_size, int) or fmt not in ("npz", "png"):
         raise ValueError(f"{path / MANIFEST} is no sample run manifest: check the path")
-    count = -(-n // shard_size)
-    names = [f"shard_{i:05d}" + (".npz" if fmt == "npz" else "") for i in range(count)]
-    parts = [path / name for name in names]
-    done = sum(p.exists() for p in parts)
+    parts, sizes = shard_layout(path, n, shard_size, fmt)
+    count, done = len(parts), sum(p.exists() for p in parts)
     if done < count:
         raise ValueError(
             f"{path} is an unfinished sample run: {done} of {count} shards on disk; run the same "
             "`nag-engine sample` command again to finish it"
         )
-    sizes = [min(shard_size, n - i * shard_size) for i in range(count)]
     images = ImageSet(path, NPZ_SHARDS if fmt == "npz" else PNG_SHARDS, n, parts=parts)
     images.part_sizes = sizes
     if fmt == "png":
