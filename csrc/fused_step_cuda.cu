@@ -1,164 +1,211 @@
 // The fused guidance + solver step in CUDA (see fused_step.h for the contract).
 //
-// Each thread handles VEC = 8 consecutive elements: with 16-byte aligned arrays and n a
-// multiple of 8, every array is read and written with 128-bit accesses (two float4 for fp32,
-// one uint4 for 8 bf16/fp16 values); otherwise (odd sizes, unaligned views) the same thread
-// falls back to element accesses with a masked tail. The math is fp32. The coefficient row and
-// pass weights are read on the device at the stage index, so a captured CUDA graph replays
+// Each block covers TILE = THREADS * GROUPS * GROUP elements. Thread t of a block handles
+// GROUPS groups of GROUP = 4 consecutive elements, group h starting at element
+// TILE * block + (h * THREADS + t) * GROUP: a warp's accesses to one group are contiguous, so
+// every load and store is coalesced (512 bytes per warp and group for fp32, 256 for 16-bit
+// values). With 16-byte aligned arrays and n a multiple of 4, each group is one 128-bit access
+// (fp32) or one 64-bit access (fp16 / bf16); otherwise (odd sizes, unaligned views) the same
+// thread falls back to element accesses with a masked tail. All of a thread's reads come before
+// its writes (x_new may alias x, g_out may alias g_prev). The math is fp32. The coefficient row
+// and pass weights are read on the device at the stage index, so a captured CUDA graph replays
 // every step without host work. Plain CUDA: no torch headers, the binding passes raw pointers.
+//
+// `step_tile` is the whole per-thread body and is also a host function: the tests compile this
+// file for the host and run every (block, thread) of a launch on the CPU against the reference
+// (tests/csrc/emulate_fused_step_cuda.cu), which checks the index arithmetic, the masks and the
+// conversions without a GPU.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fused_step.h"
 
+#define NAG_HD __host__ __device__ __forceinline__
+#ifdef __CUDA_ARCH__  // the loops are unrolled on the device; the host compiler decides itself
+#define NAG_UNROLL _Pragma("unroll")
+#else
+#define NAG_UNROLL
+#endif
+
 namespace {
 
-constexpr int VEC = 8;
+constexpr int GROUP = 4;   // elements per access
+constexpr int GROUPS = 2;  // accesses per thread and array
 constexpr int THREADS = 256;
+constexpr int64_t TILE = static_cast<int64_t>(THREADS) * GROUPS * GROUP;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+NAG_HD float to_float(float v) { return v; }
+NAG_HD float to_float(__half v) { return __half2float(v); }
+NAG_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename T>
-__device__ __forceinline__ T from_float(float v);
+NAG_HD T from_float(float v);
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+NAG_HD float from_float<float>(float v) { return v; }
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+NAG_HD __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+NAG_HD __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// 8 elements at p as fp32: vectorised when `full` (aligned, all 8 in range), else masked.
+// 4 elements at p as fp32: one 128-bit (fp32) or 64-bit (16-bit types) load when `full`
+// (aligned, all 4 in range), else element loads of the `left` in range.
 template <typename T>
-__device__ __forceinline__ void load8(const T* p, int64_t left, bool full, float (&v)[VEC]) {
+NAG_HD void load4(const T* p, int64_t left, bool full, float (&v)[GROUP]) {
   if (full) {
     if constexpr (sizeof(T) == 4) {
-      const float4 lo = reinterpret_cast<const float4*>(p)[0];
-      const float4 hi = reinterpret_cast<const float4*>(p)[1];
-      v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
-      v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
+      const float4 q = *reinterpret_cast<const float4*>(p);
+      v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
     } else {
-      union { uint4 raw; T h[VEC]; } u;
-      u.raw = *reinterpret_cast<const uint4*>(p);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) v[k] = to_float(u.h[k]);
+      union { uint2 raw; T h[GROUP]; } u;
+      u.raw = *reinterpret_cast<const uint2*>(p);
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) v[k] = to_float(u.h[k]);
     }
   } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) v[k] = k < left ? to_float(p[k]) : 0.0f;
+NAG_UNROLL
+    for (int k = 0; k < GROUP; ++k) v[k] = k < left ? to_float(p[k]) : 0.0f;
   }
 }
 
 template <typename T>
-__device__ __forceinline__ void store8(T* p, int64_t left, bool full, const float (&v)[VEC]) {
+NAG_HD void store4(T* p, int64_t left, bool full, const float (&v)[GROUP]) {
   if (full) {
     if constexpr (sizeof(T) == 4) {
-      reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-      reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+      *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
     } else {
-      union { uint4 raw; T h[VEC]; } u;
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) u.h[k] = from_float<T>(v[k]);
-      *reinterpret_cast<uint4*>(p) = u.raw;
+      union { uint2 raw; T h[GROUP]; } u;
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) u.h[k] = from_float<T>(v[k]);
+      *reinterpret_cast<uint2*>(p) = u.raw;
     }
   } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
+NAG_UNROLL
+    for (int k = 0; k < GROUP; ++k) {
       if (k < left) p[k] = from_float<T>(v[k]);
     }
   }
 }
 
+// Everything thread `thread` of block `block` does, for a stage row already checked in range.
 template <typename In, typename Next, int P>
-__global__ void __launch_bounds__(THREADS) fused_step_kernel(NagStepArgs args, bool aligned) {
+NAG_HD void step_tile(const NagStepArgs& args, int64_t stage, int64_t block, int thread,
+                      bool aligned) {
   const int64_t n = args.n;
-  const int64_t start = (static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x) * VEC;
-  if (start >= n) return;
-  const int64_t left = n - start;
-  const bool full = aligned && left >= VEC;
-
-  const int64_t stage = args.stage_int64 ? *static_cast<const long long*>(args.stage)
-                                         : *static_cast<const int*>(args.stage);
-  if (stage < 0 || stage >= args.stages) __trap();  // like a failed device-side index check
+  int64_t start[GROUPS], left[GROUPS];
+  bool full[GROUPS], any = false;
+NAG_UNROLL
+  for (int h = 0; h < GROUPS; ++h) {
+    start[h] = block * TILE + (static_cast<int64_t>(h) * THREADS + thread) * GROUP;
+    left[h] = start[h] < n ? n - start[h] : 0;
+    full[h] = aligned && left[h] >= GROUP;
+    any = any || left[h] > 0;
+  }
+  if (!any) return;
   const float* row = args.coef + stage * args.coef_stride;
   const float* w = args.weights + stage * args.w_stride;
   const In* out = static_cast<const In*>(args.out);
+  const float a = row[0], b = row[1], b2 = row[2], c = row[3], d = row[5];
 
-  float g[VEC], o[VEC], x[VEC], xo[VEC];
-  load8(out + start, left, full, o);
-  const float w0 = w[0];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) g[k] = w0 * o[k];
-#pragma unroll
-  for (int p = 1; p < P; ++p) {  // pass order, like the reference
-    load8(out + p * n + start, left, full, o);
-    const float wp = w[p];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) g[k] += wp * o[k];
+  float g[GROUPS][GROUP], x[GROUPS][GROUP], xo[GROUPS][GROUP], o[GROUP];
+NAG_UNROLL
+  for (int h = 0; h < GROUPS; ++h) {
+    if (left[h] == 0) continue;
+    load4(out + start[h], left[h], full[h], o);
+NAG_UNROLL
+    for (int k = 0; k < GROUP; ++k) g[h][k] = w[0] * o[k];
+NAG_UNROLL
+    for (int p = 1; p < P; ++p) {  // pass order, like the reference
+      load4(out + p * n + start[h], left[h], full[h], o);
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) g[h][k] += w[p] * o[k];
+    }
+    load4(args.x + start[h], left[h], full[h], x[h]);
+NAG_UNROLL
+    for (int k = 0; k < GROUP; ++k) xo[h][k] = a * x[h][k] + b * g[h][k];
+    if (args.g_prev != nullptr) {
+      load4(args.g_prev + start[h], left[h], full[h], o);
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) xo[h][k] += b2 * o[k];
+    }
+    if (args.z != nullptr) {
+      load4(args.z + start[h], left[h], full[h], o);
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) xo[h][k] += c * o[k];
+    }
+    if (args.g_out != nullptr && d != 0.0f) {  // g_out = g + d x; exactly g where d = 0
+NAG_UNROLL
+      for (int k = 0; k < GROUP; ++k) g[h][k] += d * x[h][k];
+    }
   }
-  load8(args.x + start, left, full, x);
-  const float a = row[0], b = row[1];
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) xo[k] = a * x[k] + b * g[k];
-  if (args.g_prev != nullptr) {
-    load8(args.g_prev + start, left, full, o);
-    const float b2 = row[2];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) xo[k] += b2 * o[k];
-  }
-  if (args.z != nullptr) {
-    load8(args.z + start, left, full, o);
-    const float c = row[3];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) xo[k] += c * o[k];
-  }
-  const float d = row[5];  // g_out = g + d x (x: the state read); exactly g where d = 0
-  if (args.g_out != nullptr && d != 0.0f) {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) g[k] += d * x[k];
-  }
-  // every read of these elements is done: now the writes (g_out may alias g_prev)
+  // every read of this thread's elements is done: now the writes
   Next* next = static_cast<Next*>(args.next);
-  for (int s = 0; s < args.next_slots; ++s) store8(next + s * n + start, left, full, xo);
-  if (args.g_out != nullptr) store8(args.g_out + start, left, full, g);
-  if (row[4] != 0.0f) {
-    store8(args.x_new + start, left, full, xo);
-  } else if (args.x_new != args.x) {  // a stage that keeps x: nothing to write in place
-    store8(args.x_new + start, left, full, x);
+  const bool keep = row[4] != 0.0f;
+NAG_UNROLL
+  for (int h = 0; h < GROUPS; ++h) {
+    if (left[h] == 0) continue;
+    for (int s = 0; s < args.next_slots; ++s) store4(next + s * n + start[h], left[h], full[h], xo[h]);
+    if (args.g_out != nullptr) store4(args.g_out + start[h], left[h], full[h], g[h]);
+    if (keep) {
+      store4(args.x_new + start[h], left[h], full[h], xo[h]);
+    } else if (args.x_new != args.x) {  // a stage that keeps x: nothing to write in place
+      store4(args.x_new + start[h], left[h], full[h], x[h]);
+    }
   }
+}
+
+NAG_HD int64_t read_stage(const NagStepArgs& args) {
+  return args.stage_int64 ? *static_cast<const long long*>(args.stage)
+                          : *static_cast<const int*>(args.stage);
+}
+
+template <typename In, typename Next, int P>
+__global__ void __launch_bounds__(THREADS) fused_step_kernel(NagStepArgs args, bool aligned) {
+  const int64_t stage = read_stage(args);
+  if (stage < 0 || stage >= args.stages) __trap();  // like a failed device-side index check
+  step_tile<In, Next, P>(args, stage, blockIdx.x, static_cast<int>(threadIdx.x), aligned);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <typename In, typename Next>
-void launch(const NagStepArgs& args, cudaStream_t stream) {
-  // the 128-bit path needs every slot start aligned: n a multiple of 8 and aligned bases
-  const bool aligned = args.n % VEC == 0 && aligned16(args.out) && aligned16(args.x) &&
-                       aligned16(args.x_new) && (!args.g_prev || aligned16(args.g_prev)) &&
-                       (!args.z || aligned16(args.z)) && (!args.g_out || aligned16(args.g_out)) &&
-                       (!args.next || aligned16(args.next));
-  const int64_t chunks = (args.n + VEC - 1) / VEC;
-  const unsigned blocks = static_cast<unsigned>((chunks + THREADS - 1) / THREADS);
-  switch (args.passes) {
-    case 1: fused_step_kernel<In, Next, 1><<<blocks, THREADS, 0, stream>>>(args, aligned); break;
-    case 2: fused_step_kernel<In, Next, 2><<<blocks, THREADS, 0, stream>>>(args, aligned); break;
-    case 3: fused_step_kernel<In, Next, 3><<<blocks, THREADS, 0, stream>>>(args, aligned); break;
-    default: fused_step_kernel<In, Next, 4><<<blocks, THREADS, 0, stream>>>(args, aligned); break;
+// The wide accesses need every group start aligned: n a multiple of 4 and 16-byte aligned bases.
+bool all_aligned(const NagStepArgs& a) {
+  return a.n % GROUP == 0 && aligned16(a.out) && aligned16(a.x) && aligned16(a.x_new) &&
+         (!a.g_prev || aligned16(a.g_prev)) && (!a.z || aligned16(a.z)) &&
+         (!a.g_out || aligned16(a.g_out)) && (!a.next || aligned16(a.next));
+}
+
+int64_t blocks_for(const NagStepArgs& a) { return (a.n + TILE - 1) / TILE; }
+
+// Calls run(In{}, Next{}, std::integral_constant<int, P>{}) for the arguments' dtypes and passes.
+template <typename In, typename Next, typename Run>
+void dispatch_passes(const NagStepArgs& a, Run&& run) {
+  switch (a.passes) {
+    case 1: return run(In{}, Next{}, std::integral_constant<int, 1>{});
+    case 2: return run(In{}, Next{}, std::integral_constant<int, 2>{});
+    case 3: return run(In{}, Next{}, std::integral_constant<int, 3>{});
+    default: return run(In{}, Next{}, std::integral_constant<int, 4>{});
   }
 }
 
-template <typename In>
-void launch_next(const NagStepArgs& args, cudaStream_t stream) {
-  switch (args.next_slots > 0 ? args.next_dtype : args.out_dtype) {
-    case NAG_F16: return launch<In, __half>(args, stream);
-    case NAG_BF16: return launch<In, __nv_bfloat16>(args, stream);
-    default: return launch<In, float>(args, stream);
+template <typename In, typename Run>
+void dispatch_next(const NagStepArgs& a, Run&& run) {
+  switch (a.next_slots > 0 ? a.next_dtype : a.out_dtype) {
+    case NAG_F16: return dispatch_passes<In, __half>(a, run);
+    case NAG_BF16: return dispatch_passes<In, __nv_bfloat16>(a, run);
+    default: return dispatch_passes<In, float>(a, run);
+  }
+}
+
+template <typename Run>
+void dispatch(const NagStepArgs& a, Run&& run) {
+  switch (a.out_dtype) {
+    case NAG_F16: return dispatch_next<__half>(a, run);
+    case NAG_BF16: return dispatch_next<__nv_bfloat16>(a, run);
+    default: return dispatch_next<float>(a, run);
   }
 }
 
@@ -166,12 +213,14 @@ void launch_next(const NagStepArgs& args, cudaStream_t stream) {
 
 extern "C" const char* nag_fused_step_cuda(const NagStepArgs* args, void* stream) {
   if (args->n <= 0) return nullptr;
+  const bool aligned = all_aligned(*args);
+  const unsigned blocks = static_cast<unsigned>(blocks_for(*args));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (args->out_dtype) {
-    case NAG_F16: launch_next<__half>(*args, s); break;
-    case NAG_BF16: launch_next<__nv_bfloat16>(*args, s); break;
-    default: launch_next<float>(*args, s); break;
-  }
+  dispatch(*args, [&](auto in, auto next, auto passes) {
+    using In = decltype(in);
+    using Next = decltype(next);
+    fused_step_kernel<In, Next, decltype(passes)::value><<<blocks, THREADS, 0, s>>>(*args, aligned);
+  });
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
