@@ -13,6 +13,11 @@
 
 #include "fused_step.h"
 
+#ifdef NAG_WITH_CUDA  // device-generic headers: CPU builds of torch ship them too (CI compiles this)
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#endif
+
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
@@ -28,7 +33,7 @@ int dtype_code(const at::Tensor& t, const char* name) {
   return NAG_F32;
 }
 
-// t has x's shape, strides and device (one slot of `out` / `next` included)
+// t has x's shape, strides and device
 void check_like(const at::Tensor& x, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), ", x on ", x.device());
   TORCH_CHECK(t.sizes() == x.sizes() && t.strides() == x.strides(), name,
@@ -41,10 +46,15 @@ void check_f32_like(const at::Tensor& x, const OptTensor& t, const char* name) {
   TORCH_CHECK(t->scalar_type() == at::kFloat, name, " must be float32, got ", t->scalar_type());
 }
 
+// each slot of stacked [slots, *x.shape] has x's shape, strides and device (compared without
+// making a view of a slot: this runs on every eager call)
 void check_slots(const at::Tensor& x, const at::Tensor& stacked, const char* name) {
   TORCH_CHECK(stacked.dim() == x.dim() + 1, name, " must be [slots, *x.shape]");
   if (stacked.size(0) == 0) return;
-  check_like(x, stacked[0], name);
+  TORCH_CHECK(stacked.device() == x.device(), name, " is on ", stacked.device(), ", x on ",
+              x.device());
+  TORCH_CHECK(stacked.sizes().slice(1) == x.sizes() && stacked.strides().slice(1) == x.strides(),
+              name, " slots must have the shape and strides of x");
   TORCH_CHECK(stacked.size(0) == 1 || stacked.stride(0) == x.numel(), name,
               " slots must follow each other in memory");
 }
@@ -114,14 +124,19 @@ void fused_step_cpu(const at::Tensor& out, const at::Tensor& weights, const at::
 }
 
 #ifdef NAG_WITH_CUDA
+// Launched on x's device and that device's current stream (so it can be captured in a CUDA
+// graph), both found here rather than in Python: an eager call costs a few µs of host time.
 void fused_step_cuda(const at::Tensor& out, const at::Tensor& weights, const at::Tensor& coef,
                      const at::Tensor& stage, const at::Tensor& x, const at::Tensor& x_new,
                      const OptTensor& g_prev, const OptTensor& z, const OptTensor& g_out,
-                     const OptTensor& next_input, int64_t stream) {
+                     const OptTensor& next_input) {
   TORCH_CHECK(x.device().is_cuda(), "fused_step_cuda needs CUDA tensors");
   const NagStepArgs a =
       make_args(out, weights, coef, stage, x, x_new, g_prev, z, g_out, next_input);
-  const char* err = nag_fused_step_cuda(&a, reinterpret_cast<void*>(stream));
+  const c10::DeviceGuard guard(x.device());
+  const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+  void* stream = cuda.getStream(x.device()).native_handle();  // torch's current cudaStream_t
+  const char* err = nag_fused_step_cuda(&a, stream);
   TORCH_CHECK(err == nullptr, "fused_step_cuda launch failed: ", err ? err : "");
 }
 #endif
@@ -137,10 +152,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("next_input"), py::call_guard<py::gil_scoped_release>());
 #ifdef NAG_WITH_CUDA
   m.def("fused_step_cuda", &fused_step_cuda,
-        "fused guidance + solver step, CUDA, launched on the given cudaStream_t", py::arg("out"),
-        py::arg("weights"), py::arg("coef"), py::arg("stage"), py::arg("x"), py::arg("x_new"),
-        py::arg("g_prev"), py::arg("z"), py::arg("g_out"), py::arg("next_input"),
-        py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+        "fused guidance + solver step, CUDA, on x's device and its current stream",
+        py::arg("out"), py::arg("weights"), py::arg("coef"), py::arg("stage"), py::arg("x"),
+        py::arg("x_new"), py::arg("g_prev"), py::arg("z"), py::arg("g_out"),
+        py::arg("next_input"), py::call_guard<py::gil_scoped_release>());
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

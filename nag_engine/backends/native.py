@@ -57,8 +57,7 @@ def _launcher(name: str, device_type: str) -> Launch:
             return
         if not _C.with_cuda:
             raise RuntimeError(status()["cuda"])
-        with torch.cuda.device(x.device):  # launch on x's device, on its current stream
-            _C.fused_step_cuda(*args, torch.cuda.current_stream(x.device).cuda_stream)
+        _C.fused_step_cuda(*args)  # on x's device and its current stream
 
     return launch
 
