@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import backends, graphs
+from . import graphs
 from .parallel import ParallelSampler
 from .plan import SamplingPlan, make_plan, non_finite_error
 from .requests import check_request, check_result_size
@@ -73,7 +73,6 @@ class Sampler:
         self.plan: SamplingPlan = make_plan(
             model, steps, capture_anywhere=graph_runner is not None, **options
         )
-        self._step = backends.implementation(self.plan.backend)
         if self.plan.graph_reason is not None:
             graph_runner = None
         elif graph_runner is None:
@@ -239,7 +238,7 @@ class Sampler:
 
     def _captured_stage(self, bufs: BatchBuffers, passes: tuple) -> Callable[[], None]:
         """The stage of pass set `passes` as a graph capture sees it (no host index)."""
-        return lambda: run_stage(self.plan, self._step, bufs, passes, None, bufs.g_prev)
+        return lambda: run_stage(self.plan, bufs, passes, None)
 
     def _replays(self, bufs: BatchBuffers, eager_reason: Optional[str]) -> Optional[dict]:
         """{pass set: replay} for this batch's buffers (captured on first use), or None to run
@@ -311,9 +310,7 @@ class Sampler:
                     x_start = x.clone()
                 # the callback's prediction is combined from the passes (g_out may hold g + d x)
                 report = bufs.g if callback is not None and starts_step else None
-                run_stage(
-                    plan, self._step, bufs, plan.guidance_plan.passes[k], k, bufs.g_prev, report
-                )
+                run_stage(plan, bufs, plan.guidance_plan.passes[k], k, report)
                 if report is not None:
                     prediction = report.clone()
                 if not stages.keep[k]:

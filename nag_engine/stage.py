@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from . import backends
 from .guidance import Pass, combine_reference
 from .noise import CounterNoise
 from .plan import SamplingPlan
@@ -34,6 +35,7 @@ class BatchBuffers:
     stage: Tensor  # long [] the device-side stage counter
     first_bad: Tensor  # long [] the first step with a non-finite state, or -1
     noise: CounterNoise
+    step: backends.BoundStep  # the fused step on these buffers (g_prev is also its g_out)
     flags: dict[tuple[Pass, ...], tuple[Optional[Tensor], Optional[Tensor]]]
     replays: Optional[dict[tuple[Pass, ...], Callable[[], None]]] = field(default=None)
 
@@ -51,18 +53,33 @@ def make_buffers(
 ) -> BatchBuffers:
     """The buffers for `batch` samples of `shape` (with class labels or not)."""
     dev = plan.device
-    rows = plan.guidance_plan.max_passes * batch
+    max_passes = plan.guidance_plan.max_passes
+    x = torch.empty(batch, *shape, device=dev, dtype=torch.float32)
+    x_in = torch.zeros(max_passes * batch, *shape, device=dev, dtype=plan.dtype)
+    g_prev = torch.zeros(batch, *shape, device=dev) if plan.stages.uses_g_prev else None
+    stage = torch.zeros((), device=dev, dtype=torch.long)
+    step = backends.BoundStep(
+        backends.implementation(plan.backend),
+        plan.tables.weights,
+        plan.tables.coef,
+        stage,
+        x,
+        g_prev=g_prev,
+        g_out=g_prev,
+        next_input=x_in.view(max_passes, batch, *shape),
+    )
     return BatchBuffers(
-        x=torch.empty(batch, *shape, device=dev, dtype=torch.float32),
-        x_in=torch.zeros(rows, *shape, device=dev, dtype=plan.dtype),
-        t_in=torch.empty(rows, device=dev, dtype=torch.float32),
-        y_in=torch.zeros(rows, device=dev, dtype=torch.long) if labelled else None,
-        g_prev=torch.zeros(batch, *shape, device=dev) if plan.stages.uses_g_prev else None,
+        x=x,
+        x_in=x_in,
+        t_in=torch.empty(max_passes * batch, device=dev, dtype=torch.float32),
+        y_in=torch.zeros(max_passes * batch, device=dev, dtype=torch.long) if labelled else None,
+        g_prev=g_prev,
         g=torch.empty(batch, *shape, device=dev, dtype=torch.float32),
         index=torch.empty(batch, device=dev, dtype=torch.long),
-        stage=torch.zeros((), device=dev, dtype=torch.long),
+        stage=stage,
         first_bad=torch.full((), -1, device=dev, dtype=torch.long),
         noise=CounterNoise(0, shape, dev),
+        step=step,
         flags={
             passes: plan.drop_flags(passes, batch, labelled)
             for passes in plan.guidance_plan.distinct_pass_sets()
@@ -72,11 +89,9 @@ def make_buffers(
 
 def run_stage(
     plan: SamplingPlan,
-    fused_step: Callable[..., Tensor],
     bufs: BatchBuffers,
     passes: tuple[Pass, ...],
     k: Optional[int],
-    g_out: Optional[Tensor],
     report: Optional[Tensor] = None,
 ) -> None:
     """One model evaluation with pass set `passes` and its fused guidance + solver step, at the
@@ -86,8 +101,9 @@ def run_stage(
     host-side extras (time-shift sampler, classifier-based NAG), noise drawn only where the stage
     has any, and next-input slots only for the next stage's passes. Captured, every stage draws
     noise (multiplied by c = 0 where a step has none) and fills every slot, so one graph serves
-    all stages of a pass set. `g_out` receives the step's g output (None: not kept); `report`
-    (eager only) the guided prediction g itself, for a callback where g_out is not g."""
+    all stages of a pass set. The step's g output goes to `bufs.g_prev` (where the solver has
+    one); `report` (eager only) receives the guided prediction g itself, for a callback (g_prev
+    may hold g + d x)."""
     tables = plan.tables
     batch, shape = bufs.batch, bufs.shape
     p, rows = len(passes), len(passes) * batch
@@ -118,16 +134,10 @@ def run_stage(
     else:
         last = k + 1 == len(plan.stages)
         noisy, slots = plan.stages.c[k] != 0.0, 0 if last else plan.guidance_plan.num_passes(k + 1)
-    fused_step(  # x updated in place; g_out and the next input written
+    bufs.step(  # x updated in place; g_prev and the next input's first slots written
         out.view(p, batch, *shape),
-        tables.weights,
-        tables.coef,
-        bufs.stage,
-        bufs.x,
-        g_prev=bufs.g_prev,
         z=bufs.noise.normal(bufs.index, bufs.stage + 1) if noisy else None,
-        g_out=g_out,
-        next_input=bufs.x_in[: slots * batch].view(slots, batch, *shape) if slots else None,
+        slots=slots,
     )
 
     # 3. flag the first non-finite state on the device (read once per batch)

@@ -20,7 +20,8 @@ Implementations (`BACKENDS`):
 tensors the C++ kernel, else the reference. Override with the ``backend=`` argument of the
 sampler or the environment variable ``NAG_ENGINE_BACKEND``; `available()` reports what can run
 here and why not. The Triton, C++ and CUDA wrappers share one set of input checks
-(`backends.checks`). The fused Picard update of the parallel sampler lives here too
+(`backends.checks`); `BoundStep` binds one backend to a batch's static buffers, checked once,
+which is how the sampler calls it. The fused Picard update of the parallel sampler lives here too
 (`picard_implementation`).
 """
 
@@ -33,6 +34,7 @@ from typing import Optional
 
 import torch
 
+from .bound import BoundStep as BoundStep
 from .reference import picard_update_reference, reference_step
 
 Tensor = torch.Tensor

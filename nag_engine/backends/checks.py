@@ -175,4 +175,6 @@ def contract_step(
 
     fused_step.__name__ = fused_step.__qualname__ = name
     fused_step.__doc__ = doc
+    fused_step.launch = launch  # for `backends.BoundStep`, which checks once per buffer set
+    fused_step.z_dtype = z_dtype
     return fused_step
