@@ -3,7 +3,8 @@ gated residual.
 
 * ``layernorm_modulate(x, shift, scale, eps)``: ``LayerNorm(x) * (1 + scale) + shift`` for tokens
   x [B, N, D] with per-sample shift / scale [B, D] (a LayerNorm without affine weights, as in
-  DiT's adaLN-Zero blocks); statistics in fp32, one program per token row.
+  DiT's adaLN-Zero blocks); statistics in fp32, several token rows per program
+  (`layernorm_tiling`).
 * ``gated_residual(x, gate, y)``: ``x + gate * y`` with a per-sample gate [B, D].
 
 References: ``nag_engine.models.dit.modulate(F.layer_norm(x, (D,), eps=eps), shift, scale)`` and
@@ -34,27 +35,43 @@ def _layernorm_modulate_kernel(
     shift_ptr,
     scale_ptr,
     y_ptr,
+    rows,
     tokens,
     dim,
     shift_stride,
     scale_stride,
     eps,
+    ROWS: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # one token: row = b * tokens + n
-    sample = row // tokens
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < dim
+    # ROWS token rows (row = b * tokens + n) per program, as a [ROWS, BLOCK_D] tile: small
+    # rows (DiT-S: 384 values) would leave one-row programs too little to keep in flight
+    first = tl.program_id(0).to(tl.int64) * ROWS
+    row = first + tl.arange(0, ROWS)[:, None]
+    cols = tl.arange(0, BLOCK_D)[None, :]
+    mask = (row < rows) & (cols < dim)
+    sample = row // tokens  # rows of one tile may belong to two samples
     x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / dim
+    mean = tl.sum(x, axis=1)[:, None] / dim
     centred = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(centred * centred, axis=0) / dim
+    var = tl.sum(centred * centred, axis=1)[:, None] / dim
     normed = centred / tl.sqrt(var + eps)
     shift = tl.load(shift_ptr + sample * shift_stride + cols, mask=mask, other=0.0)
     scale = tl.load(scale_ptr + sample * scale_stride + cols, mask=mask, other=0.0)
     shift, scale = shift.to(tl.float32), scale.to(tl.float32)
     y = normed * (1.0 + scale) + shift
     tl.store(y_ptr + row * dim + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def layernorm_tiling(dim: int, element_size: int) -> tuple[int, int, int]:
+    """(BLOCK_D, ROWS, num_warps) of the LayerNorm + adaLN launch for rows of `dim` elements:
+    whole rows padded to a power of two, rows per program until a tile holds about 16 KiB of
+    input, and warps by the tile's size as in Triton's fused layer-norm tutorial (one warp per
+    256 bytes, 1 to 8)."""
+    block_d = triton.next_power_of_2(dim)
+    rows = max(1, min(16, (16384 // element_size) // block_d))
+    warps = max(1, min(8, block_d * rows * element_size // 256))
+    return block_d, rows, warps
 
 
 @triton.jit
@@ -93,17 +110,21 @@ def _layernorm_modulate_body(x: Tensor, shift: Tensor, scale: Tensor, eps: float
     x, shift, scale = x.contiguous(), _rows(shift), _rows(scale)
     y = torch.empty_like(x)
     if x.numel():
-        wrap_triton(_layernorm_modulate_kernel)[(batch * tokens,)](
+        block_d, rows, warps = layernorm_tiling(dim, x.element_size())
+        wrap_triton(_layernorm_modulate_kernel)[(triton.cdiv(batch * tokens, rows),)](
             x,
             shift,
             scale,
             y,
+            batch * tokens,
             tokens,
             dim,
             shift.stride(0),
             scale.stride(0),
             eps,
-            BLOCK_D=triton.next_power_of_2(dim),
+            ROWS=rows,
+            BLOCK_D=block_d,
+            num_warps=warps,
         )
     return y
 

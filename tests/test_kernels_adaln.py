@@ -27,7 +27,7 @@ def tensors(shape, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 7, 48), (3, 16, 64), (2, 5, 130)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 7, 48), (3, 16, 64), (2, 5, 130), (3, 3, 1152)])
 def test_layernorm_modulate_equals_the_dit_ops(shape, dtype):
     x, (shift, scale) = tensors(shape, DTYPES[dtype], sum(shape))
     got = layernorm_modulate(x, shift, scale, eps=1e-6)
