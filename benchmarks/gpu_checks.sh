@@ -15,6 +15,7 @@
 #   install.log       building nag_engine._C with its CUDA part
 #   tests.txt         the kernel, graph, attention and sampler tests on CUDA tensors
 #   fused_step_gpu.*  the fused step (triton, cuda) vs a copy, LayerNorm+adaLN, Picard update
+#   host_overhead_gpu.*  host µs of one eager fused-step call, checked vs bound (BoundStep)
 #   sampling*.*       the peers (p1-p4) and nag_engine (n1-n3) on DiT-S/B/XL (sampling-S.* for one)
 #   nag_finetune_gpu.json  DiT-XL/2 fine-tune steps/s at batch 32, bf16, p_t 0.2 vs 0
 #   shards_gpu.*      sample_to_disk against Sampler.sample, DiT-XL/2 batch 256 (writer overhead)
@@ -85,6 +86,7 @@ if [ "$PART" = all ] || [ "$PART" = tests ]; then
 timeout 540 python3 -m pytest -q -x tests/test_kernels.py tests/test_kernels_adaln.py \
   tests/test_graphs.py tests/test_attention.py tests/test_sampler.py tests/test_precision.py \
   tests/test_parallel.py tests/test_kernels_picard.py tests/test_compile.py tests/test_fp8.py \
+  tests/test_bound_step.py \
   2>&1 | tail -40 > "$OUT/tests.txt"
 tail -3 "$OUT/tests.txt"
 fi
@@ -92,6 +94,9 @@ if [ "$PART" = all ] || [ "$PART" = kernels ]; then
 timeout 540 python3 benchmarks/bench_fused_step_gpu.py --out "$OUT/fused_step_gpu.json" \
   > "$OUT/fused_step_gpu.md" 2>&1
 tail -30 "$OUT/fused_step_gpu.md"
+timeout 120 python3 -m benchmarks.host_overhead --device cuda --out "$OUT/host_overhead_gpu.json" \
+  > "$OUT/host_overhead_gpu.md" 2>&1
+tail -6 "$OUT/host_overhead_gpu.md"
 fi
 if [ "$PART" = all ] || [ "${PART%%-*}" = sampling ]; then
 extra=$(python3 -c "import diffusers" 2>/dev/null && echo --diffusers || true)

@@ -27,6 +27,18 @@ def test_fused_step_benchmark_writes_its_table(tmp_path, capsys):
     assert "| 4 KiB | bfloat16 |" in table and "Device: cpu (smoke test)" in table
 
 
+def test_host_overhead_benchmark_times_every_backend_that_runs(tmp_path, capsys):
+    from benchmarks import host_overhead
+
+    out = tmp_path / "host.json"
+    host_overhead.main(["--calls", "3", "--repeats", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    runnable = [k for k in backends.BACKENDS if _runs_on_cpu(k)]
+    assert [r["backend"] for r in rows] == runnable
+    assert all(r["checked_us"] > 0 and r["bound_us"] > 0 for r in rows)
+    assert "| cpp |" in capsys.readouterr().out or "cpp" not in runnable
+
+
 def test_fused_step_benchmark_times_the_picard_update(tmp_path, capsys, monkeypatch):
     # test-size windows: the Triton kernel runs in the interpreter here
     monkeypatch.setattr(bench, "PICARD_SHAPES", [("window 5, b2", 5, 2), ("window 3, b1", 3, 1)])
