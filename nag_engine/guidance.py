@@ -6,6 +6,13 @@ The guided prediction is a linear combination of passes of one network at the sa
 * CFG (`cfg_scale`, 1.0 = off):          out(t,c) + (s_cfg - 1) * [out(t,c) - out(t,null c)]
 * classifier-free NAG (`nag_scale`, 0 = off): out(t,c) + s_nag * [out(t,c) - out(null t,c)]
 
+With `nag_null_class=True` the NAG pass also drops the class: out(null t, null c). With CFG
+on as well, that is out(t,c) + (s_cfg - 1)[out(t,c) - out(t,null c)] + s_nag[out(t,c) -
+out(null t,null c)]. The NAG paper (Zhong et al. 2025) calls NAG and CFG guidance along two
+separate axes, but no text we could read gives its combined formula. The default (null t, c)
+keeps the two axes apart; the other form is offered so the two can be compared. Both use 3
+passes.
+
 Each scale can be limited to an interval of t; outside it the pass is not run at all. The plan
 is made on the host from the time grid before sampling, so the step loop never inspects
 tensor values to decide what to run.
@@ -35,6 +42,7 @@ class Pass:
 COND = Pass("cond", drop_t=False, drop_y=False)  # (t, c)
 UNCOND_CLASS = Pass("uncond_class", drop_t=False, drop_y=True)  # (t, null c)
 UNCOND_NOISE = Pass("uncond_noise", drop_t=True, drop_y=False)  # (null t, c)
+UNCOND_NOISE_CLASS = Pass("uncond_noise_class", drop_t=True, drop_y=True)  # (null t, null c)
 
 Interval = Optional[tuple[float, float]]
 
@@ -67,8 +75,11 @@ class Guidance:
     nag_scale: float = 0.0
     cfg_interval: Interval = None
     nag_interval: Interval = None
+    nag_null_class: bool = False  # the NAG pass drops the class too: (null t, null c)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.nag_null_class, bool):
+            raise TypeError(f"nag_null_class must be True or False, got {self.nag_null_class!r}")
         object.__setattr__(self, "cfg_scale", finite_number("cfg_scale", self.cfg_scale))
         object.__setattr__(self, "nag_scale", finite_number("nag_scale", self.nag_scale))
         object.__setattr__(self, "cfg_interval", check_interval("cfg_interval", self.cfg_interval))
@@ -92,7 +103,7 @@ class Guidance:
             passes.append(UNCOND_CLASS)
             weights.append(1.0 - s)
         if nag:
-            passes.append(UNCOND_NOISE)
+            passes.append(UNCOND_NOISE_CLASS if self.nag_null_class else UNCOND_NOISE)
             weights.append(-n)
         return tuple(passes), tuple(weights)
 

@@ -108,6 +108,8 @@ def plan_identity(plan: SamplingPlan) -> dict[str, Any]:
             "nag_scale": guidance.nag_scale,
             "cfg_interval": guidance.cfg_interval,
             "nag_interval": guidance.nag_interval,
+            # only when set: manifests written before the option existed stay valid
+            **({"nag_null_class": True} if guidance.nag_null_class else {}),
             **_corrections(plan),
             "sample_shape": plan.sample_shape,
             "dtype": "fp8" if plan.fp8 else str(plan.dtype).replace("torch.", ""),

@@ -207,6 +207,7 @@ def make_plan(
     nag_scale: float = 0.0,
     cfg_interval: Optional[tuple[float, float]] = None,
     nag_interval: Optional[tuple[float, float]] = None,
+    nag_null_class: bool = False,
     time_shift: float = 1.0,
     t_max: Optional[float] = None,
     spacing: str = "uniform",
@@ -246,8 +247,13 @@ def make_plan(
     schedule = get_schedule(
         schedule if schedule is not None else getattr(model, "schedule", "linear")
     )
-    guidance = Guidance(cfg_scale, nag_scale, cfg_interval, nag_interval)
+    guidance = Guidance(cfg_scale, nag_scale, cfg_interval, nag_interval, nag_null_class)
     num_classes: Optional[int] = getattr(model, "num_classes", None) or None
+    if guidance.nag_null_class and num_classes is None:
+        raise ValueError(
+            "nag_null_class=True drops the class in the NAG pass, but the model declares no "
+            "num_classes; leave nag_null_class False for an unconditional model"
+        )
     if guidance.uses_nag and not getattr(model, "supports_noise_dropout", False):
         raise ValueError(
             f"nag_scale={nag_scale} needs a model trained with noise-condition dropout "

@@ -351,7 +351,8 @@ def sample(
     classifier-free NAG.
 
     `cfg_scale` 1.0 and `nag_scale` 0.0 are off. Further options go to `Sampler`: schedule,
-    cfg_interval, nag_interval, time_shift, t_max, spacing ("uniform", or for a vp-discrete
+    cfg_interval, nag_interval, nag_null_class (the NAG pass drops the class too:
+    nag_engine.guidance), time_shift, t_max, spacing ("uniform", or for a vp-discrete
     model the reference samplers' timesteps: "adm", "leading", "trailing"), sample_shape,
     eps_scaling ({"k", "b"}: Ning et al.), time_shift_sampler ({"window", "data_variance",
     "candidates"}: Li et al.; see nag_engine.corrections), classifier-based NAG

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nag_engine as ne
-from nag_engine.guidance import COND, UNCOND_CLASS, UNCOND_NOISE, Guidance
+from nag_engine.guidance import COND, UNCOND_CLASS, UNCOND_NOISE, UNCOND_NOISE_CLASS, Guidance
 from nag_engine.models import FunctionDenoiser, ring_mixture
 
 
@@ -90,6 +90,47 @@ def test_combined_forward_equals_separate_passes_by_hand():
         uncond_noise = model(x, tt, y, drop_t=torch.ones(n, dtype=torch.bool))
         by_hand = cond + (cfg - 1) * (cond - uncond_class) + nag * (cond - uncond_noise)
         torch.testing.assert_close(prediction, by_hand, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_nag_null_class_drops_the_class_in_the_nag_pass(cfg):
+    """nag_null_class: the NAG pass is out(null t, null c), by hand on the exact mixture, with
+    and without CFG; the default keeps c in it."""
+    model = ring_mixture(8, num_classes=4, time_points=128)
+    nag, n = 0.8, 64
+    y = torch.arange(n) % 4
+    passes, _ = Guidance(cfg, nag, nag_null_class=True).passes_at(0.5)
+    assert passes[-1] == UNCOND_NOISE_CLASS and UNCOND_NOISE not in passes
+    seen = []
+    ne.sample(
+        model,
+        n,
+        4,
+        y=y,
+        cfg_scale=cfg,
+        nag_scale=nag,
+        nag_null_class=True,
+        progress=False,
+        callback=lambda info: seen.append((info.t, info.x.clone(), info.prediction.clone())),
+    )
+    every = torch.ones(n, dtype=torch.bool)
+    for t, x, prediction in seen:
+        tt = torch.full((n,), t)
+        cond = model(x, tt, y)
+        uncond_class = model(x, tt, y, drop_y=every)
+        uncond_both = model(x, tt, y, drop_t=every, drop_y=every)
+        by_hand = cond + (cfg - 1) * (cond - uncond_class) + nag * (cond - uncond_both)
+        torch.testing.assert_close(prediction, by_hand, rtol=1e-5, atol=1e-5)
+        uncond_noise = model(x, tt, y, drop_t=every)
+        assert not torch.allclose(uncond_both, uncond_noise, atol=1e-3)  # the forms differ
+
+
+def test_nag_null_class_needs_a_class_conditional_model_and_a_bool():
+    model = ring_mixture(8, time_points=64)
+    with pytest.raises(ValueError, match="nag_null_class=True .* no num_classes"):
+        ne.Sampler(model, 4, nag_scale=0.5, nag_null_class=True)
+    with pytest.raises(TypeError, match="nag_null_class must be True or False"):
+        Guidance(nag_scale=0.5, nag_null_class="yes")
 
 
 def test_guided_euler_run_equals_a_hand_written_loop():
@@ -200,3 +241,18 @@ def test_an_interval_that_holds_no_evaluation_time_is_warned_about():
         warnings.simplefilter("error")
         ne.Sampler(model, 10, nag_scale=0.5, nag_interval=(0.0, 0.1))  # holds t = 0.1
         ne.Sampler(model, 10, nag_interval=(0.0, 0.05))  # NAG is off anyway: nothing to say
+
+
+def test_nag_null_class_is_part_of_a_runs_identity_only_when_set():
+    """A sharded run sampled with the other NAG form is a different run; manifests written
+    before the option existed (without the key) still match the default."""
+    from nag_engine.identity import plan_identity
+
+    model = ring_mixture(8, num_classes=4, time_points=64)
+    default = plan_identity(ne.Sampler(model, 4, nag_scale=0.5).plan)
+    null_class = plan_identity(ne.Sampler(model, 4, nag_scale=0.5, nag_null_class=True).plan)
+    assert "nag_null_class" not in default
+    assert null_class["nag_null_class"] is True
+    assert {
+        k: v for k, v in null_class.items() if k not in ("nag_null_class", "tables_sha256")
+    } == {k: v for k, v in default.items() if k != "tables_sha256"}

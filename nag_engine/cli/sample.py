@@ -69,6 +69,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("T_LO", "T_HI"))
     sample.add_argument("--nag-interval", type=finite_float, nargs=2, metavar=("T_LO", "T_HI"))
     sample.add_argument(
+        "--nag-null-class",
+        action="store_true",
+        help="the NAG pass drops the class too: (null t, null c) instead of (null t, c)",
+    )
+    sample.add_argument(
         "--time-shift",
         type=finite_float,
         default=1.0,
@@ -165,6 +170,8 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
         options["cfg_interval"] = tuple(args.cfg_interval)
     if args.nag_interval:
         options["nag_interval"] = tuple(args.nag_interval)
+    if args.nag_null_class:
+        options["nag_null_class"] = True
     if args.eps_scaling:
         options["eps_scaling"] = {"k": args.eps_scaling[0], "b": args.eps_scaling[1]}
     if args.shift_window:
