@@ -14,7 +14,7 @@ Implementations here:
 
 * `ExactPosterior`: the closed-form posterior of a `GaussianMixtureModel` under its training
   time distribution, on the mixture's midpoint time grid (``mixture.noise_posterior``). Ground
-  truth; differentiable in x (float64 autograd).
+  truth, differentiable in x; ``log_likelihood`` gives log p_t(x) at any t (`likelihood_level`).
 * `ImplicitClassifier`: any denoiser as a noise classifier through the CDL log-ratio
   ``noise_log_ratio(model, x, zeta) ~ log p(x) - log p_zeta(x)``: the log-likelihood of x under
   the data noised to each level of a grid, plus the log prior of that level, softmaxed over the
@@ -158,13 +158,12 @@ class ExactPosterior:
         self.schedule = mixture.schedule_obj
         self.fast = fast
 
-    def _fast_log_posterior(self, x64: Tensor, y: Optional[Tensor]) -> Tensor:
-        """log p(t_j | x) [B, G] via matrix products (see the class doc)."""
+    def _fast_log_likelihood(self, x64: Tensor, y: Optional[Tensor], times: Tensor) -> Tensor:
+        """log p_t(x) [B, T] at every time of `times` [T] via matrix products (class doc)."""
         m = self.mixture
-        grid = m.time_grid
-        alpha = self.schedule.alpha(grid).to(x64).view(-1, 1, 1)  # [G, 1, 1]
-        sigma = self.schedule.sigma(grid).to(x64).view(-1, 1, 1)
-        var = alpha**2 * m.variances + sigma**2  # [G, K, d]
+        alpha = self.schedule.alpha(times).to(x64).view(-1, 1, 1)  # [T, 1, 1]
+        sigma = self.schedule.sigma(times).to(x64).view(-1, 1, 1)
+        var = alpha**2 * m.variances + sigma**2  # [T, K, d]
         inv = 1.0 / var
         shifted = alpha * m.means * inv  # alpha mu / var
         const = (alpha * m.means * shifted).sum(-1) + torch.log(2 * math.pi * var).sum(-1)
@@ -173,8 +172,32 @@ class ExactPosterior:
         cross = x64 @ shifted.reshape(-1, dim).T
         log_n = -0.5 * (quad - 2.0 * cross).view(-1, points, modes) - 0.5 * const
         logw = m.component_log_weights(y, None, len(x64))  # [B, K]
-        log_lik = torch.logsumexp(log_n + logw.unsqueeze(1), dim=2)  # [B, G]
-        return torch.log_softmax(log_lik + m.time_log_prior, dim=1)
+        return torch.logsumexp(log_n + logw.unsqueeze(1), dim=2)  # [B, T]
+
+    def _fast_log_posterior(self, x64: Tensor, y: Optional[Tensor]) -> Tensor:
+        """log p(t_j | x) [B, G] via matrix products (see the class doc)."""
+        log_lik = self._fast_log_likelihood(x64, y, self.mixture.time_grid)
+        return torch.log_softmax(log_lik + self.mixture.time_log_prior, dim=1)
+
+    def log_likelihood(
+        self, x: Tensor, times: Union[float, Tensor], y: Optional[Tensor] = None
+    ) -> Tensor:
+        """The exact noisy density log p_t(x) (or log p_t(x | y)) of every row of x at every
+        time of `times` (a float or [T] tensor, any t in [0, 1], not only grid nodes):
+        float64 [B, T]. What `max_likelihood_level` maximises. Differentiable in x."""
+        x64 = x.to(self.mixture.means.device, torch.float64).flatten(1)
+        times = torch.as_tensor(times, dtype=torch.float64, device=x64.device).reshape(-1)
+        rows = len(x64)
+        if y is not None:
+            y = torch.as_tensor(y, device=x64.device).expand(rows)
+        chunk = _row_chunks(rows, len(times) * self.mixture.means.shape[0])
+        parts = [
+            self._fast_log_likelihood(
+                x64[i : i + chunk], None if y is None else y[i : i + chunk], times
+            )
+            for i in range(0, rows, chunk)
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def posterior(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(grid [G], log p(t_j | x) [B, G]): normalised log probabilities of the grid times.
