@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from benchmarks.reproduce import BEGIN, END, main, replace_section
+from benchmarks.reproduce import (
+    BEGIN,
+    END,
+    late_cell,
+    main,
+    real_subset,
+    replace_section,
+    signs_cell,
+    summarise,
+)
 from nag_engine.checkpoints import read_checkpoint
 
 
@@ -32,6 +45,17 @@ def test_tiny_run_writes_tables_figure_and_data(tmp_path, capsys):
     assert {r["solver"] for r in payload["rows"]} == {"euler", "euler-maruyama"}
     assert [r["nag_scale"] for r in payload["sweep"]] == [1.0, 1.0]
     assert len(text.split("| 3 | euler |")) - 1 == 7  # one table row per setting
+    # two sampling seeds by default, mean and standard error over them; floors; both readings
+    row = payload["rows"][0]
+    assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
+    assert row["shift_late"] == pytest.approx(np.mean([r["shift_late"] for r in row["per_seed"]]))
+    assert row["energy_se"] >= 0 and row["ml_shift_late_se_within"] > 0
+    floor = payload["floors"]["toy2d"]
+    assert floor["draws"] == 4 and floor["energy"] > 0 and floor["energy_se"] > 0
+    assert text.count("**floor** (exact samples, 4 draws)") == 2  # settings and sweep tables
+    assert "late shift, max. likelihood" in text and "differ in sign" in text
+    with Image.open(tmp_path / "noise_level_density_toy2d.png") as image:
+        assert image.format == "PNG"
     figure = tmp_path / "noise_shift_toy2d.png"
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.size == (1280, 500)
@@ -43,6 +67,41 @@ def test_tiny_run_writes_tables_figure_and_data(tmp_path, capsys):
     assert main(["--render-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "RESULTS.md").read_text() == before
     assert figure.is_file()  # redrawn from noise_shift_toy2d.json
+
+
+def test_signs_flag_where_the_two_late_readings_disagree():
+    row = {"shift_late": -0.01, "shift_late_se_within": 0.001, "ml_shift_late_se_within": 0.002}
+    assert signs_cell({**row, "ml_shift_late": -0.003}) == ""
+    assert signs_cell({**row, "ml_shift_late": 0.003}) == "≠"  # the ML reading within noise
+    assert signs_cell({**row, "ml_shift_late": 0.005}) == "≠ *"  # both > 2 se from 0
+    assert signs_cell({**row, "ml_shift_late": None}) == "—"
+    edge = {"ml_shift_late": -0.1, "ml_shift_late_se": 0.002, "ml_shift_late_se_within": math.nan}
+    assert late_cell(edge, "ml_shift_late") == "-0.1000 ± 0.0020 [edge]"  # no within-run se
+    assert late_cell(row | {"shift_late_se": 0.003}, "shift_late") == "-0.0100 ± 0.0030 [0.0010]"
+
+
+def test_summarise_gives_mean_and_standard_error_over_seeds():
+    per_seed = [
+        {"seed": 0, "shift": 0.1, "shift_late": 0.2, "shift_late_se": 0.03, "seconds": 1.0},
+        {"seed": 1, "shift": 0.3, "shift_late": 0.4, "shift_late_se": 0.04, "seconds": 2.0},
+    ]
+    row = summarise(per_seed)
+    assert row["seeds"] == [0, 1] and row["seconds"] == 3.0
+    assert row["shift"] == pytest.approx(0.2) and row["shift_se"] == pytest.approx(0.1)
+    assert row["shift_late_se_within"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
+    assert "energy" not in row and "ml_shift_late" not in row
+
+
+def test_real_subset_is_class_balanced_and_disjoint_from_the_rest():
+    images = torch.arange(40, dtype=torch.float32)[:, None]
+    classes = torch.arange(40) % 4
+    labels = torch.arange(10) % 4  # 3, 3, 2, 2 of classes 0..3
+    subset, subset_classes, rest = real_subset(
+        images, classes, labels, torch.Generator().manual_seed(0)
+    )
+    assert sorted(subset_classes.tolist()) == sorted(labels.tolist())
+    assert torch.equal(subset_classes, classes[subset[:, 0].long()])
+    assert len(rest) == 30 and not set(subset[:, 0].tolist()) & set(rest[:, 0].tolist())
 
 
 def test_cdl_eval_trains_a_pair_and_writes_its_section(tmp_path, monkeypatch):
